@@ -1,0 +1,1 @@
+"""Datasets and datamodules for the priors and the lens data."""

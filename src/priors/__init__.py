@@ -1,0 +1,1 @@
+"""Score-based priors: NCSN++ networks, the VE SDE, training and sampling."""
