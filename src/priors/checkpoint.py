@@ -1,0 +1,96 @@
+"""Saving and loading inference-ready priors without executing pickled code.
+
+A prior file (`prior.pt`, written next to training checkpoints) is a plain dict of strings, numbers, lists and
+tensors: {"format", "version", "kind", "net", "sde", "norm", "state_dict"}, where state_dict holds the EMA
+weights. `load_prior` also reads a full training checkpoint (`*.ckpt`) and takes its EMA weights. Both are read
+with `torch.load(weights_only=True)`, which refuses arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from src.data.normalization import PixelNorm
+from src.errors import InputError
+from src.priors.ncsnpp import NCSNpp
+from src.priors.prior import ScorePrior
+from src.priors.sde import VESDE
+
+PRIOR_FORMAT = "scorelens-prior"
+PRIOR_VERSION = 1
+EMA_PREFIX = "ema_net."
+
+
+def save_prior(prior: ScorePrior, path: str | Path) -> Path:
+    """Write `prior` (its current network weights) to `path` atomically: a kill never leaves half a file."""
+    path = Path(path)
+    payload = {"format": PRIOR_FORMAT, "version": PRIOR_VERSION, **prior.describe(),
+               "state_dict": {k: v.detach().cpu().clone() for k, v in prior.net.state_dict().items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_prior(path: str | Path, *, kind: str | None = None, image_size: int | None = None,
+               channels: int | None = None, sigma_min: float | None = None, sigma_max: float | None = None,
+               map_location: str | torch.device = "cpu") -> ScorePrior:
+    """Load a prior file or training checkpoint into an inference-ready `ScorePrior` (EMA weights, eval mode).
+
+    The optional arguments state what the caller needs; a checkpoint that differs raises `InputError` with a
+    one-line message (wrong kind, image size, channels or noise range).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"prior checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # corrupt files fail in many ways (UnpicklingError, KeyError, EOFError, ...)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{path}: not a readable scorelens checkpoint ({first})") from None
+    meta, weights = _unpack(payload, path)
+
+    if kind is not None and meta["kind"] != kind:
+        raise InputError(f"{path}: this is a {meta['kind']!r} prior, but a {kind!r} prior is needed")
+    net_cfg = meta["net"]
+    if image_size is not None and net_cfg["resolution"] != image_size:
+        raise InputError(f"{path}: prior images are {net_cfg['resolution']}x{net_cfg['resolution']} pixels, "
+                         f"but {image_size}x{image_size} are needed")
+    if channels is not None and net_cfg["channels"] != channels:
+        raise InputError(f"{path}: prior images have {net_cfg['channels']} channels, {channels} are needed")
+    for name, want in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+        have = meta["sde"][name]
+        if want is not None and not math.isclose(have, want, rel_tol=1e-6):
+            raise InputError(f"{path}: prior was trained with {name}={have:g}, but {name}={want:g} is needed")
+
+    net = NCSNpp(**net_cfg)
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise InputError(f"{path}: weights do not fit the network described in the checkpoint ({first})") from None
+    net.to(map_location).eval().requires_grad_(False)
+    return ScorePrior(net, VESDE(**meta["sde"]), meta["kind"], PixelNorm(**meta["norm"]))
+
+
+def _unpack(payload, path: Path) -> tuple[dict, dict]:
+    """(metadata, EMA state dict) from a prior file or a Lightning training checkpoint."""
+    if isinstance(payload, dict) and payload.get("format") == PRIOR_FORMAT:
+        if payload.get("version") != PRIOR_VERSION:
+            raise InputError(f"{path}: prior format version {payload.get('version')} is not supported "
+                             f"(this scorelens reads version {PRIOR_VERSION})")
+        return payload, payload["state_dict"]
+    if isinstance(payload, dict) and "state_dict" in payload and "hyper_parameters" in payload:
+        hp = payload["hyper_parameters"]
+        if not all(k in hp for k in ("kind", "net", "sde", "norm")):
+            raise InputError(f"{path}: a training checkpoint, but not of a scorelens prior")
+        ema = {k[len(EMA_PREFIX):]: v for k, v in payload["state_dict"].items() if k.startswith(EMA_PREFIX)}
+        if not ema:
+            raise InputError(f"{path}: the training checkpoint holds no EMA weights")
+        return hp, ema
+    raise InputError(f"{path}: not a scorelens prior (neither a prior file nor a training checkpoint)")

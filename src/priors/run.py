@@ -1,0 +1,158 @@
+"""One training job from a composed `conf/train.yaml`: data, module, loggers, callbacks, trainer, resume."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import string
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from src.data.normalization import PixelNorm
+from src.errors import InputError
+from src.priors.callbacks import FinalCheckpoint
+from src.priors.module import ScorePriorModule
+
+log = logging.getLogger(__name__)
+
+WANDB_ID_FILE = "wandb_run_id"
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train (or resume training) the prior described by `cfg`; returns the run folder.
+
+    The run folder is `cfg.paths.output_dir`. With `resume=auto` a folder that already holds checkpoints is
+    continued from its newest readable one: global step, weights, EMA, optimiser, learning-rate schedule, the
+    position in the simulated-data stream and the W&B run id all carry on.
+    """
+    # Lightning warns about deliberate choices: the EMA copy is always in eval mode, and the simulated-data stream
+    # shards itself across DataLoader workers, so its length is exact.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+    if "LensLightStream" in str(cfg.data.train.get("_target_", "")):
+        # streams resume mid-epoch at the right batch (PriorDataModule), which Lightning cannot see
+        warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch")
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = find_checkpoint(output_dir / "checkpoints", cfg.resume)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = _build(cfg.data)
+    norm = getattr(datamodule.train_set, "norm", PixelNorm())
+    module = ScorePriorModule(
+        kind=cfg.prior.kind, net=_plain(cfg.net), sde=_plain(cfg.sde), optim=_plain(cfg.optim),
+        norm=norm.config(), ema_decay=cfg.ema_decay, t_eps=cfg.t_eps, seed=cfg.seed)
+    log.info("%s prior: NCSN++ with %.2f M parameters, %s, run folder %s", cfg.prior.kind,
+             sum(p.numel() for p in module.net.parameters()) / 1e6, module.sde, output_dir)
+
+    loggers = build_loggers(cfg, output_dir)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks.append(FinalCheckpoint(output_dir / "checkpoints" / "last.ckpt"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    if ckpt_path is not None:
+        log.info("resuming from %s", ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    finally:
+        _finish_wandb(loggers)
+    return output_dir
+
+
+def find_checkpoint(ckpt_dir: Path, resume) -> Path | None:
+    """The checkpoint to resume from, per the `resume` setting (auto, false, or a path)."""
+    existing = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
+    if resume is False or str(resume).lower() in ("false", "never", "no"):
+        if existing:
+            raise InputError(f"{ckpt_dir} already holds checkpoints of an earlier run: resume=auto continues "
+                             "it, or choose another run folder with hydra.run.dir=...")
+        return None
+    if resume is True or str(resume).lower() == "auto":
+        for path in existing:
+            if _readable(path):
+                return path
+            log.warning("skipping unreadable checkpoint %s", path)
+        return None
+    path = Path(str(resume)).expanduser()
+    if not path.is_file():
+        raise InputError(f"resume={resume}: no such checkpoint file")
+    if not _readable(path):
+        raise InputError(f"resume={resume}: the checkpoint cannot be read (truncated or not a checkpoint)")
+    return path
+
+
+def _readable(path: Path) -> bool:
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return True
+    except Exception:  # any failure means "do not resume from this file"
+        return False
+
+
+def build_loggers(cfg: DictConfig, output_dir: Path) -> list:
+    """Instantiate the configured loggers; a W&B run keeps one id for the life of its run folder."""
+    loggers = []
+    for name, lcfg in (cfg.get("logger") or {}).items():
+        if lcfg is None:
+            continue
+        extra = {}
+        if "WandbLogger" in str(lcfg.get("_target_", "")):
+            extra["id"] = _wandb_run_id(output_dir)
+            extra["resume"] = "allow"
+            if lcfg.get("group") is None and _is_multirun():
+                extra["group"] = f"{cfg.prior.kind}-{Path(HydraConfig.get().sweep.dir).name}"
+        log.debug("logger %s", name)
+        loggers.append(instantiate(lcfg, **extra))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(config)
+    return loggers
+
+
+def _wandb_run_id(output_dir: Path) -> str:
+    """Read the run folder's W&B id, or create and store one (written atomically, before training starts)."""
+    path = output_dir / WANDB_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(run_id + "\n")
+        os.replace(tmp, path)
+    return run_id
+
+
+def _is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _finish_wandb(loggers: list) -> None:
+    """Close the W&B run, so the next job of a Hydra multirun starts its own run (not a continuation)."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+
+
+def _build(node, **kwargs):
+    """`hydra.utils.instantiate`, letting a user-input error inside a constructor surface as itself."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, InputError):
+            raise err.__cause__ from None
+        raise
+
+
+def _plain(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True)

@@ -1,0 +1,102 @@
+"""Prior files: round trip, safe loading, and one-line errors for checkpoints that do not fit."""
+
+
+import pytest
+import torch
+
+from src.data.normalization import PixelNorm
+from src.errors import InputError
+from src.priors.checkpoint import load_prior, save_prior
+from src.priors.ncsnpp import NCSNpp
+from src.priors.prior import ScorePrior
+from src.priors.sde import VESDE
+
+TINY = dict(channels=1, resolution=16, nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,))
+
+
+def make_prior(kind="lens_light", smin=1e-5, smax=200.0) -> ScorePrior:
+    torch.manual_seed(0)
+    return ScorePrior(NCSNpp(**TINY), VESDE(smin, smax), kind, PixelNorm(scale=3.0, offset=0.5))
+
+
+def test_round_trip_gives_the_same_network_and_metadata(tmp_path):
+    prior = make_prior()
+    path = save_prior(prior, tmp_path / "prior.pt")
+    loaded = load_prior(path, kind="lens_light", image_size=16, channels=1, sigma_min=1e-5, sigma_max=200)
+    x = torch.randn(2, 1, 16, 16)
+    t = torch.tensor([0.1, 0.9])
+    torch.testing.assert_close(loaded.score(x, t), prior.score(x, t), rtol=0, atol=0)
+    assert loaded.kind == "lens_light" and loaded.image_shape == (1, 16, 16)
+    assert loaded.norm == PixelNorm(scale=3.0, offset=0.5)
+    assert (loaded.sde.sigma_min, loaded.sde.sigma_max) == (1e-5, 200.0)
+    assert not any(p.requires_grad for p in loaded.parameters())
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(kind="source"), "'lens_light' prior, but a 'source'"),
+    (dict(image_size=256), "16x16 pixels, but 256x256"),
+    (dict(channels=3), "1 channels, 3 are needed"),
+    (dict(sigma_max=500.0), "sigma_max=200, but sigma_max=500"),
+    (dict(sigma_min=1e-3), "sigma_min=1e-05, but sigma_min=0.001"),
+])
+def test_a_checkpoint_that_does_not_fit_is_refused(tmp_path, kwargs, match):
+    path = save_prior(make_prior(), tmp_path / "prior.pt")
+    with pytest.raises(InputError, match=match):
+        load_prior(path, **kwargs)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+def test_pickled_code_is_never_executed(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "scorelens-prior", "payload": Exploit()}, path)
+    with pytest.raises(InputError, match="not a readable scorelens checkpoint"):
+        load_prior(path)
+    assert "pickled code ran" not in capsys.readouterr().out
+
+
+def test_missing_truncated_foreign_and_mismatched_files(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_prior(tmp_path / "nope.pt")
+
+    good = save_prior(make_prior(), tmp_path / "prior.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(InputError, match="not a readable"):
+        load_prior(truncated)
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(InputError, match="not a scorelens prior"):
+        load_prior(foreign)
+
+    payload = torch.load(good, weights_only=True)
+    payload["net"]["nf"] = 16  # the weights no longer fit the described network
+    bad = tmp_path / "mismatch.pt"
+    torch.save(payload, bad)
+    with pytest.raises(InputError, match="do not fit"):
+        load_prior(bad)
+
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(InputError):
+        load_prior(text)
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    """A failure while writing leaves the previous prior file intact."""
+    path = save_prior(make_prior(), tmp_path / "prior.pt")
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_prior(make_prior(kind="source"), path)
+    assert path.read_bytes() == before

@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from src.priors.module import ScorePriorModule, _Warmup
+
+NET = dict(channels=1, resolution=16, nf=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8])
+OPTIM = dict(lr=1e-3, warmup_steps=4)
+
+
+def make_module(**kw) -> ScorePriorModule:
+    return ScorePriorModule(kind="lens_light", net=NET, sde=dict(sigma_min=1e-3, sigma_max=50.0), optim=OPTIM,
+                            **kw)
+
+
+def test_ema_follows_the_exponential_moving_average_formula():
+    module = make_module(ema_decay=0.9)
+    history = []
+    for k in range(5):
+        with torch.no_grad():
+            for p in module.net.parameters():
+                p.add_(0.1 * (k + 1))
+        history.append([p.detach().clone() for p in module.net.parameters()])
+        module._update_ema()  # without a trainer the step is 0: decay = min(0.9, 1/10) = 0.1
+    # independent recursion: e <- d e + (1 - d) p with d = 0.1 from the initial weights
+    ema = [h.clone() - 0.1 for h in history[0]]
+    for weights in history:
+        ema = [0.1 * e + 0.9 * w for e, w in zip(ema, weights, strict=True)]
+    for e, p in zip(ema, module.ema_net.parameters(), strict=True):
+        torch.testing.assert_close(p, e, rtol=1e-6, atol=1e-6)
+
+
+def test_ema_network_stays_in_eval_mode_and_frozen():
+    module = make_module()
+    module.train()
+    assert module.net.training and not module.ema_net.training
+    assert not any(p.requires_grad for p in module.ema_net.parameters())
+
+
+def test_warmup_schedule():
+    f = _Warmup(4)
+    assert [f(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert _Warmup(0)(0) == 1.0
+
+
+def test_optimiser_and_schedule():
+    module = make_module()
+    conf = module.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert isinstance(opt, torch.optim.AdamW)
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in module.net.parameters()}
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="kind"):
+        ScorePriorModule(kind="galaxy", net=NET, sde=dict(sigma_min=1e-3, sigma_max=50.0), optim=OPTIM)
+    with pytest.raises(ValueError, match="ema_decay"):
+        make_module(ema_decay=1.0)
+
+
+def test_hyperparameters_are_plain_values():
+    """Checkpoints must load with weights_only=True: nothing but plain containers in the hyperparameters."""
+    module = make_module()
+
+    def plain(v):
+        if isinstance(v, dict):
+            return all(isinstance(k, str) and plain(x) for k, x in v.items())
+        if isinstance(v, list | tuple):
+            return all(plain(x) for x in v)
+        return v is None or isinstance(v, bool | int | float | str)
+
+    assert plain(dict(module.hparams))

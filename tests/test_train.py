@@ -1,0 +1,50 @@
+"""Whole training runs through train.py and through the composed configs."""
+
+import csv
+import math
+
+import pytest
+import torch
+
+from src.priors.checkpoint import load_prior
+from src.priors.run import train
+from tests.conftest import compose_train, run_train
+
+
+def test_smoke_run_leaves_a_checkpoint_a_prior_and_an_offline_wandb_run(tmp_path):
+    """The README's first training command, as a user runs it (default logger: W&B, offline)."""
+    run_train(["prior=lens_light", "experiment=smoke", f"paths.log_dir={tmp_path}"], cwd=tmp_path)
+    runs = list((tmp_path / "train" / "lens_light").iterdir())
+    assert len(runs) == 1, runs
+    run = runs[0]
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "wandb").glob("offline-run-*")), "no offline W&B run"
+    assert (run / "samples" / "epoch=0000.png").is_file()
+    assert (run / ".hydra" / "config.yaml").is_file()
+
+    prior = load_prior(run / "prior.pt", kind="lens_light", image_size=32, sigma_min=1e-5, sigma_max=200)
+    from_ckpt = load_prior(run / "checkpoints" / "last.ckpt")
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 8
+    for (name, a), b in zip(prior.net.state_dict().items(), from_ckpt.net.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+        # inference weights are the EMA, not the raw weights
+    raw = {k[len("net."):]: v for k, v in state["state_dict"].items() if k.startswith("net.")}
+    assert any(not torch.equal(raw[k], v) for k, v in prior.net.state_dict().items())
+    x = prior.sample(2, steps=5, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 1, 32, 32) and torch.isfinite(x).all()
+
+
+@pytest.mark.slow
+def test_training_on_simulated_lens_light_lowers_the_validation_loss(tmp_path):
+    cfg = compose_train(["prior=lens_light", "experiment=smoke", "logger=csv", "trainer.max_steps=60",
+                         "trainer.limit_train_batches=20", "trainer.limit_val_batches=2",
+                         "callbacks.samples.every_n_epochs=0", "ema_decay=0.9", "optim.lr=2e-3"],
+                        tmp_path / "run")
+    train(cfg)
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    assert len(val) == 3
+    assert math.isfinite(val[-1]) and val[-1] < 0.8 * val[0], val
+    assert {"train/loss", "train/grad_norm", "train/lr"} <= set(rows[0])
