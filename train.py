@@ -7,12 +7,13 @@ import hydra
 from omegaconf import DictConfig
 
 from src.errors import InputError
+from src.priors.run import register_resolvers, train
+
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    from src.priors.run import train
-
     try:
         train(cfg)
     except InputError as err:

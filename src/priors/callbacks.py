@@ -103,4 +103,4 @@ class FinalCheckpoint(pl.Callback):
         self.path = Path(path)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)

@@ -66,6 +66,11 @@ def train(cfg: DictConfig) -> Path:
     return output_dir
 
 
+def register_resolvers() -> None:
+    """Config resolvers used by conf/: `${sl_or:VALUE,DEFAULT}` gives DEFAULT where VALUE is empty."""
+    OmegaConf.register_new_resolver("sl_or", lambda value, default: value or default, replace=True)
+
+
 def find_checkpoint(ckpt_dir: Path, resume) -> Path | None:
     """The checkpoint to resume from, per the `resume` setting (auto, false, or a path)."""
     existing = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
@@ -107,7 +112,8 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list:
             extra["id"] = _wandb_run_id(output_dir)
             extra["resume"] = "allow"
             if lcfg.get("group") is None and _is_multirun():
-                extra["group"] = f"{cfg.prior.kind}-{Path(HydraConfig.get().sweep.dir).name}"
+                # the sweep folder, shared by the jobs of one sweep (resolved once, by the launcher)
+                extra["group"] = f"{cfg.prior.kind}-{output_dir.parent.name}"
         log.debug("logger %s", name)
         loggers.append(instantiate(lcfg, **extra))
     config = OmegaConf.to_container(cfg, resolve=True)
