@@ -48,3 +48,16 @@ def test_training_on_simulated_lens_light_lowers_the_validation_loss(tmp_path):
     assert len(val) == 3
     assert math.isfinite(val[-1]) and val[-1] < 0.8 * val[0], val
     assert {"train/loss", "train/grad_norm", "train/lr"} <= set(rows[0])
+
+
+def test_bf16_mixed_precision_trains(tmp_path):
+    cfg = compose_train(["prior=lens_light", "experiment=smoke", "logger=csv", "trainer.precision=bf16-mixed",
+                         "trainer.max_steps=4", "callbacks.samples.every_n_epochs=0"], tmp_path / "run")
+    train(cfg)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 4
+    # master weights and EMA stay float32 under autocast
+    assert all(v.dtype == torch.float32 for k, v in state["state_dict"].items() if v.is_floating_point())
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)

@@ -66,7 +66,7 @@ def sample_grid(samples: torch.Tensor) -> torch.Tensor:
     flat = x.flatten(1)
     lo = flat.quantile(0.01, dim=1)[:, None, None, None]
     hi = flat.max(dim=1).values[:, None, None, None]
-    soft = 0.02 * (hi - lo).clamp_min(1e-12)  # the stretch turns linear below ~2% of the range
+    soft = 3e-3 * (hi - lo).clamp_min(1e-12)  # the stretch turns linear below ~0.3% of the range
     y = torch.asinh((x - lo).clamp_min(0) / soft)
     y = y / y.flatten(1).max(dim=1).values.clamp_min(1e-12)[:, None, None, None]
     return make_grid(y, nrow=math.ceil(math.sqrt(len(y))), padding=2, pad_value=1.0)
