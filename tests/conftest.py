@@ -50,10 +50,18 @@ def run_train(args: list[str], cwd: Path = ROOT, timeout: float = 600, env: dict
     return proc
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_threads():
-    torch.manual_seed(0)
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of small-tensor tests: synchronising threads costs more than it saves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
 
 
 def pytest_collection_modifyitems(config, items):

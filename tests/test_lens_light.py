@@ -13,13 +13,7 @@ from src.data.lens_light import LensLightStream
 SMALL = dict(image_size=24, batch_size=3, batches_per_epoch=7, seed=5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # small tensors: thread synchronisation would cost more than it saves on a busy 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def collect(stream, num_workers=None):

@@ -10,14 +10,7 @@ from scipy import integrate, special
 
 from src.data.sersic import render_sersic, sersic_b, sersic_profile, sersic_total_flux
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # small tensors: thread synchronisation would cost more than it saves on a busy 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------ numpy references
