@@ -135,18 +135,6 @@ class NCSNpp(nn.Module):
         ch_mult = [int(m) for m in ch_mult]
         attn_resolutions = [int(r) for r in attn_resolutions]
         fir_kernel = [float(t) for t in fir_kernel]
-        self._validate(
-            channels,
-            resolution,
-            nf,
-            ch_mult,
-            num_res_blocks,
-            attn_resolutions,
-            dropout,
-            fir_kernel,
-            fourier_scale,
-            init_scale,
-        )
         self._config: dict[str, Any] = {
             "channels": int(channels),
             "resolution": int(resolution),
@@ -160,6 +148,7 @@ class NCSNpp(nn.Module):
             "fourier_scale": float(fourier_scale),
             "init_scale": float(init_scale),
         }
+        self._validate(**self._config)
         self.channels = channels
         num_levels = len(ch_mult)
         level_res = [resolution // 2**i for i in range(num_levels)]
@@ -214,18 +203,8 @@ class NCSNpp(nn.Module):
             )
 
     @staticmethod
-    def _validate(
-        channels,
-        resolution,
-        nf,
-        ch_mult,
-        num_res_blocks,
-        attn_resolutions,
-        dropout,
-        fir_kernel,
-        fourier_scale,
-        init_scale,
-    ) -> None:
+    def _validate(*, channels, resolution, nf, ch_mult, num_res_blocks, attn_resolutions, dropout, fir_kernel,
+                  skip_rescale, fourier_scale, init_scale) -> None:
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         if len(ch_mult) < 1 or min(ch_mult) < 1:
