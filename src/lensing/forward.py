@@ -1,0 +1,108 @@
+"""The multi-exposure forward model: mass, shifts, source, lens light and PSFs -> model images of every exposure.
+
+For chain b and exposure e, with the exposure's supersampled ray grid theta (arcsec, from its WCS) moved by the
+exposure's alignment shift delta_be:
+
+    model_be = bin( PSF_e * [ S_b(beta(theta + delta_be)) + L_b(theta + delta_be) ] )
+
+beta = theta - alpha(theta) is the lens equation of the mass model, S_b and L_b are bilinear interpolations of the
+pixelated source (source plane) and lens light (image plane), PSF_e is on the supersampled grid and `bin` averages
+each detector pixel's sub-pixels. Everything is differentiable (autograd), and for fixed mass, shifts and PSFs the
+source -> images and lens light -> images maps are available as matrix-free `ImagingOperator`s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from .binning import bin_pixels
+from .grid import ExposureGrid, PixelGrid
+from .interpolation import bilinear_weights, sample
+from .mass import ray_trace
+from .operators import ImagingOperator
+from .psf import PSFConvolution
+
+
+class ForwardModel:
+    """Model images of n_exp exposures for batches of B chains.
+
+    Args:
+        grid: the exposures' supersampled ray positions.
+        source: the pixelated source's grid (source plane).
+        lens_light: the pixelated lens light's grid (image plane).
+        n_terms: power-law series terms (default: by dtype).
+
+    Shapes: mass parameters [B]; shifts [B, n_exp, 2] (arcsec, added to the exposure's sky positions, x then y);
+    source [B, n_s, n_s]; lens light [B, n_l, n_l]; psf [n_exp, K, K] or [B, n_exp, K, K] on the supersampled
+    grid; output [B, n_exp, H, W] in the images' units (surface brightness per detector pixel).
+    """
+
+    def __init__(self, grid: ExposureGrid, source: PixelGrid, lens_light: PixelGrid, n_terms: int | None = None):
+        self.grid, self.source, self.lens_light, self.n_terms = grid, source, lens_light, n_terms
+
+    @property
+    def n_exp(self) -> int:
+        return self.grid.n_exp
+
+    @property
+    def upsample(self) -> int:
+        return self.grid.upsample
+
+    def _check(self, shifts: Tensor | None, psf: Tensor | None = None) -> None:
+        if shifts is not None and (shifts.ndim != 3 or shifts.shape[1:] != (self.n_exp, 2)):
+            raise ValueError(f"shifts must be [B, {self.n_exp}, 2], got {tuple(shifts.shape)}")
+        if psf is not None and (psf.ndim not in (3, 4) or psf.shape[-3] != self.n_exp):
+            raise ValueError(f"psf must be [{self.n_exp}, K, K] or [B, {self.n_exp}, K, K], got {tuple(psf.shape)}")
+
+    def image_positions(self, shifts: Tensor) -> tuple[Tensor, Tensor]:
+        """Ray positions theta + delta, each [B, n_exp, H * s, W * s]."""
+        self._check(shifts)
+        x = self.grid.x.to(shifts) + shifts[..., 0, None, None]
+        y = self.grid.y.to(shifts) + shifts[..., 1, None, None]
+        return x, y
+
+    def source_positions(self, mass: Mapping[str, Tensor], shifts: Tensor) -> tuple[Tensor, Tensor]:
+        """Source-plane positions beta of every ray, each [B, n_exp, H * s, W * s]."""
+        x, y = self.image_positions(shifts)
+        p = {k: torch.as_tensor(v, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1) for k, v in mass.items()}
+        return ray_trace(p, x, y, outer=False, n_terms=self.n_terms)
+
+    def fine(self, mass, shifts, source: Tensor, lens_light: Tensor) -> tuple[Tensor, Tensor]:
+        """Lensed source and lens light on the supersampled grids, before the PSF: each [B, n_exp, H * s, W * s]."""
+        x, y = self.image_positions(shifts)
+        bx, by = self.source_positions(mass, shifts)
+        src = sample(source, *bilinear_weights(self.source, bx, by))
+        light = sample(lens_light, *bilinear_weights(self.lens_light, x, y))
+        return src, light
+
+    def __call__(self, mass, shifts: Tensor, source: Tensor, lens_light: Tensor, psf: Tensor) -> Tensor:
+        """Model images [B, n_exp, H, W]."""
+        self._check(shifts, psf)
+        src, light = self.fine(mass, shifts, source, lens_light)
+        return bin_pixels(PSFConvolution(psf, self.grid.fine_shape)(src + light), self.upsample)
+
+    def components(self, mass, shifts: Tensor, source: Tensor, lens_light: Tensor, psf: Tensor) -> dict[str, Tensor]:
+        """The model split into its lensed-source and lens-light parts, each [B, n_exp, H, W] (for figures)."""
+        self._check(shifts, psf)
+        src, light = self.fine(mass, shifts, source, lens_light)
+        conv = PSFConvolution(psf, self.grid.fine_shape)
+        return {"source": bin_pixels(conv(src), self.upsample), "lens_light": bin_pixels(conv(light), self.upsample)}
+
+    def source_operator(self, mass, shifts: Tensor, psf: Tensor) -> ImagingOperator:
+        """The linear map source [B, n_s, n_s] -> images for fixed mass, shifts and PSFs."""
+        self._check(shifts, psf)
+        with torch.no_grad():
+            bx, by = self.source_positions(mass, shifts)
+            index, weight = bilinear_weights(self.source, bx, by)
+        return ImagingOperator(index, weight, self.source.n, psf.detach(), self.upsample)
+
+    def lens_light_operator(self, shifts: Tensor, psf: Tensor) -> ImagingOperator:
+        """The linear map lens light [B, n_l, n_l] -> images for fixed shifts and PSFs."""
+        self._check(shifts, psf)
+        with torch.no_grad():
+            x, y = self.image_positions(shifts)
+            index, weight = bilinear_weights(self.lens_light, x, y)
+        return ImagingOperator(index, weight, self.lens_light.n, psf.detach(), self.upsample)
