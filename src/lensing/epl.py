@@ -166,7 +166,7 @@ class _EPLDeflection(torch.autograd.Function):
                 a_im * scale + amp * (op_im * dphi + of_im * df),
             )
         shapes = [x.shape for x in (u, v, b, t, q)]
-        out = [None if g is None else _reduce(g, sh) for g, sh in zip(grads, shapes)]
+        out = [None if g is None else _reduce(g, sh) for g, sh in zip(grads, shapes, strict=True)]
         return (*out, None)
 
 
@@ -178,7 +178,10 @@ def epl_frame_deflection(u: Tensor, v: Tensor, b: Tensor, t: Tensor, q: Tensor, 
 
 
 def epl_frame_hessian(u: Tensor, v: Tensor, b: Tensor, t: Tensor, q: Tensor, n_terms: int | None = None):
-    """(kappa, gamma1, gamma2) in the profile frame; psi_uu = kappa + gamma1, psi_vv = kappa - gamma1, psi_uv = gamma2."""
+    """(kappa, gamma1, gamma2) in the profile frame.
+
+    psi_uu = kappa + gamma1, psi_vv = kappa - gamma1, psi_uv = gamma2.
+    """
     n_terms = default_terms(u.dtype) if n_terms is None else int(n_terms)
     u, v = _safe_origin(u, v)
     a_re, a_im = _deflection_frame(u, v, b, t, q, n_terms)
