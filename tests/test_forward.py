@@ -261,3 +261,14 @@ def test_bad_shapes_are_reported():
         fm(mass, torch.zeros(1, 2, 2, dtype=F64), src, src, gaussian_psf(5, 1.0, n_exp=3))
     with pytest.raises(ValueError, match="pixel grid"):
         PixelGrid(1, 0.1)
+
+
+def test_grid_sample_path_equals_explicit_weights():
+    g = torch.Generator().manual_seed(5)
+    grid = PixelGrid(15, 0.07, x0=-0.03, y0=0.04)
+    img = torch.randn(2, 15, 15, generator=g, dtype=F64)
+    x = torch.rand(2, 3, 30, generator=g, dtype=F64) * 1.4 - 0.7
+    y = torch.rand(2, 3, 30, generator=g, dtype=F64) * 1.4 - 0.7
+    from src.lensing.interpolation import interpolate
+
+    torch.testing.assert_close(interpolate(img, grid, x, y), sample(img, *bilinear_weights(grid, x, y)))

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .binning import bin_pixels
 from .grid import ExposureGrid, PixelGrid
-from .interpolation import bilinear_weights, sample
+from .interpolation import bilinear_weights, interpolate
 from .mass import ray_trace
 from .operators import ImagingOperator
 from .psf import PSFConvolution
@@ -74,8 +74,8 @@ class ForwardModel:
         """Lensed source and lens light on the supersampled grids, before the PSF: each [B, n_exp, H * s, W * s]."""
         x, y = self.image_positions(shifts)
         bx, by = self.source_positions(mass, shifts)
-        src = sample(source, *bilinear_weights(self.source, bx, by))
-        light = sample(lens_light, *bilinear_weights(self.lens_light, x, y))
+        src = interpolate(source, self.source, bx, by)
+        light = interpolate(lens_light, self.lens_light, x, y)
         return src, light
 
     def __call__(self, mass, shifts: Tensor, source: Tensor, lens_light: Tensor, psf: Tensor) -> Tensor:

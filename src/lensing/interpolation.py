@@ -4,11 +4,14 @@ Each position gets the flat indices of its 4 neighbouring pixel centres and thei
 fall outside the image get weight 0 (the image is zero beyond its edge). Sampling is a gather, its adjoint a
 scatter-add with the same indices and weights, so forward and adjoint are exact transposes of each other. The
 weights are differentiable in the positions (autograd), which carries gradients to the mass model and the shifts.
+`interpolate` computes the same values with `grid_sample`, which is faster and lighter when only the nonlinear
+forward model and its gradients are needed.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .grid import PixelGrid
@@ -57,3 +60,19 @@ def scatter(values: Tensor, index: Tensor, weight: Tensor, n: int) -> Tensor:
     idx = index.reshape(index.shape[0], -1).expand(b, -1)
     out = torch.zeros(b, n * n, dtype=values.dtype, device=values.device)
     return out.scatter_add_(1, idx, contrib).reshape(b, n, n)
+
+
+def interpolate(image: Tensor, grid: PixelGrid, x: Tensor, y: Tensor) -> Tensor:
+    """Bilinear values of images [B, n, n] at positions (x, y) [B, *P] (arcsec) -> [B, *P]; zero beyond the edge.
+
+    Equal to `sample(image, *bilinear_weights(grid, x, y))`, differentiable in the image and the positions.
+    """
+    b = image.shape[0]
+    pos_shape = x.shape[1:]
+    half = (grid.n - 1) / 2 * grid.pixel_scale
+    # grid_sample with align_corners=True puts -1 and +1 on the centres of the first and last pixels.
+    gx = ((x - grid.x0) / half).reshape(x.shape[0], -1, 1)
+    gy = ((y - grid.y0) / half).reshape(y.shape[0], -1, 1)
+    g = torch.stack((gx, gy), dim=-1).expand(b, -1, -1, -1)
+    out = F.grid_sample(image[:, None], g, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.reshape(b, *pos_shape)

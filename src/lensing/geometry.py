@@ -1,0 +1,57 @@
+"""The model's sampling, decided in one place: ray supersampling, PSF sampling, source and lens-light grids.
+
+The ray grid has `upsample` x `upsample` rays per detector pixel; PSFs are sampled on that same grid, so a PSF
+from elsewhere (an ePSF at oversampling 4, say) is resampled to `upsample` before use; the lens light defaults to
+the ray grid's spacing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .grid import PixelGrid
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """upsample: rays (and PSF samples) per detector pixel per axis; psf_size: PSF side in sub-pixels;
+    source, lens_light: the pixelated images' grids; n_terms: power-law series length (None: by dtype);
+    diag_psf_energy: PSF energy kept when computing diag(A A^T) (None: exact)."""
+
+    upsample: int
+    psf_size: int
+    source: PixelGrid
+    lens_light: PixelGrid
+    n_terms: int | None = None
+    diag_psf_energy: float | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Mapping, detector_pixel_scale: float) -> ModelGeometry:
+        """Build from a `conf/lensing` mapping for a detector of `detector_pixel_scale` arcsec."""
+        up = cfg["upsample"]
+        if int(up) != up or up < 1:
+            raise ValueError(f"lensing.upsample must be a positive integer, got {up}")
+        up = int(up)
+        if not detector_pixel_scale > 0:
+            raise ValueError(f"the detector pixel scale must be positive, got {detector_pixel_scale}")
+        psf_size = int(cfg["psf_size"])
+        if psf_size < 1:
+            raise ValueError(f"lensing.psf_size must be positive, got {psf_size}")
+        src, light = cfg["source"], cfg["lens_light"]
+        light_scale = light.get("pixel_scale") or detector_pixel_scale / up
+        energy = cfg.get("diag_psf_energy")
+        if energy is not None and not 0 < energy <= 1:
+            raise ValueError(f"lensing.diag_psf_energy must be in (0, 1] or null, got {energy}")
+        return cls(
+            upsample=up,
+            psf_size=psf_size,
+            source=_pixel_grid(src, src["pixel_scale"]),
+            lens_light=_pixel_grid(light, light_scale),
+            n_terms=cfg.get("n_terms"),
+            diag_psf_energy=energy,
+        )
+
+
+def _pixel_grid(cfg: Mapping, pixel_scale: float) -> PixelGrid:
+    return PixelGrid(int(cfg["n"]), float(pixel_scale), float(cfg.get("x0", 0.0)), float(cfg.get("y0", 0.0)))
