@@ -272,3 +272,14 @@ def test_grid_sample_path_equals_explicit_weights():
     from src.lensing.interpolation import interpolate
 
     torch.testing.assert_close(interpolate(img, grid, x, y), sample(img, *bilinear_weights(grid, x, y)))
+
+
+def test_differentiable_in_images_and_psfs():
+    fm = small_model(n_det=4, s=2, n_exp=2, n_src=8)
+    g = torch.Generator().manual_seed(6)
+    mass = batched_mass(1)
+    shifts = torch.zeros(1, 2, 2, dtype=F64)
+    src = torch.rand(1, 8, 8, generator=g, dtype=F64, requires_grad=True)
+    light = torch.rand(1, 8, 8, generator=g, dtype=F64, requires_grad=True)
+    psf = torch.rand(2, 3, 3, generator=g, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s, lt, p: fm(mass, shifts, s, lt, p), (src, light, psf))
