@@ -1,0 +1,72 @@
+"""Lens configs: every SLACS lens of the paper composes into conf/infer.yaml with Bolton et al. 2008 values."""
+
+import csv
+import math
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from src.data.catalog import lens_config, pa_to_phi, read_catalog, short_name
+from src.errors import InputError
+from src.lensing.mass import PARAM_NAMES
+
+from .conftest import CONF, SHARED_DATA
+
+LENSES = sorted(p.stem for p in (CONF / "lens").glob("*.yaml"))
+CATALOG = SHARED_DATA / "catalog" / "slacs_paper31_lenses.csv"
+
+
+def compose_infer(overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="infer", overrides=overrides)
+
+
+def test_one_config_per_paper_lens():
+    slacs = [n for n in LENSES if n.startswith("J") and not n.endswith("_drz")]
+    assert len(slacs) == 31
+    assert "J1430_drz" in LENSES and "mock" in LENSES
+
+
+@pytest.mark.parametrize("lens", LENSES)
+def test_infer_config_composes_with_every_lens(lens):
+    cfg = compose_infer([f"lens={lens}"])
+    for key in ("name", "ra", "dec", "z_lens", "z_source", "init"):
+        assert key in cfg.lens, key
+    assert set(cfg.lens.init) == set(PARAM_NAMES)
+    assert 0 < cfg.lens.z_lens < cfg.lens.z_source
+    assert 0 <= cfg.lens.ra < 360 and -90 <= cfg.lens.dec <= 90
+    assert ("exposures" in cfg.lens) != ("image" in cfg.lens)
+    if "image" in cfg.lens:
+        assert {"noise_map", "psf", "pixel_scale"} <= set(cfg.lens)
+
+
+def test_j1430_holds_bolton_2008_values():
+    init = compose_infer(["lens=J1430"]).lens.init
+    assert init.theta_E == 1.52 and init.q == 0.68 and init.gamma == 1.0
+    # PA 111.7 deg east of north is 90 - 111.7 = -21.7 deg counter-clockwise from east
+    assert init.phi == pytest.approx(math.radians(-21.7), abs=1e-4)
+    assert compose_infer(["lens=J1430_drz"]).lens.init == init
+
+
+def test_position_angle_conversion():
+    assert pa_to_phi(0.0) == pytest.approx(math.pi / 2 - math.pi)  # north-south axis, wrapped to [-pi/2, pi/2)
+    assert pa_to_phi(90.0) == pytest.approx(0.0)                  # east-west axis is +x
+    assert pa_to_phi(45.0) == pytest.approx(math.pi / 4)          # north-east lies between +x (east) and +y
+    assert pa_to_phi(135.0) == pytest.approx(-math.pi / 4)
+
+
+@pytest.mark.skipif(not CATALOG.is_file(), reason="shared data not present")
+def test_configs_carry_the_catalogue():
+    for rec in read_catalog(CATALOG):
+        assert (CONF / "lens" / f"{short_name(rec['name'])}.yaml").read_text() == lens_config(rec)
+    with CATALOG.open() as f:
+        assert len(list(csv.DictReader(f))) == 31
+
+
+def test_bad_catalogue_is_named(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_catalog(tmp_path / "none.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,ra_deg\nSDSSJ0000+0000,1\n")
+    with pytest.raises(InputError, match="lacks column"):
+        read_catalog(bad)
