@@ -1,0 +1,103 @@
+"""Posterior samples of a pixelated image (source, lens light or PSF) by the reverse-time SDE.
+
+The score of the noised posterior is the prior's score plus the convolved likelihood's score (see
+`likelihood.py`). The prior works in its network units x; the model needs fluxes, f = a x + c, with (a, c) the
+component's flux map at inference (`FluxMap`): the data's units per network unit, chosen for the data at hand and
+stated in the config. The linear operator in network units is then A_net x = a A x + A c, and the diffusion noise
+sigma_t in network units is a sigma_t in flux.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from src.priors.sampling import sample_reverse_sde
+
+from .likelihood import GaussianLikelihood
+
+
+@dataclass(frozen=True)
+class FluxMap:
+    """flux = scale * x_net + offset, with flux in data units per detector pixel."""
+
+    scale: float
+    offset: float = 0.0
+
+    def __post_init__(self):
+        if not self.scale > 0:
+            raise ValueError(f"a flux map needs scale > 0, got {self.scale}")
+
+    def to_flux(self, x: Tensor) -> Tensor:
+        return x * self.scale + self.offset
+
+    def to_net(self, f: Tensor) -> Tensor:
+        return (f - self.offset) / self.scale
+
+
+def posterior_score(
+    prior_score: Callable[[Tensor, Tensor], Tensor],
+    sigma_of_t: Callable[[Tensor], Tensor],
+    likelihood: GaussianLikelihood,
+    operator,
+    rest: Tensor,
+    flux: FluxMap,
+    temperature: float = 1.0,
+    diag_aat: Tensor | None = None,
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """score(x [B, 1, n, n], t [B]) of the noised posterior of one pixelated component, in network units.
+
+    `operator` maps flux images [B, n, n] to model images [B, n_exp, H, W] (A, with `.adjoint` and `.diag_AAT`);
+    `rest` [B, n_exp, H, W] is the rest of the model, held fixed.
+    """
+    diag = operator.diag_AAT() if diag_aat is None else diag_aat
+    a = flux.scale
+    const = operator(torch.full_like(rest[:, 0, :1, :1].expand(-1, operator.n, operator.n), flux.offset))
+    rest_all = rest + const
+
+    def apply(x):
+        return a * operator(x)
+
+    def adjoint(y):
+        return a * operator.adjoint(y)
+
+    def score(x: Tensor, t: Tensor) -> Tensor:
+        prior = prior_score(x, t)
+        sigma = sigma_of_t(t)
+        like = likelihood.convolved_score(apply, adjoint, x[:, 0], rest_all, a * a * diag, sigma, temperature)
+        return prior + like[:, None]
+
+    return score
+
+
+def sample_component(
+    prior,
+    likelihood: GaussianLikelihood,
+    operator,
+    rest: Tensor,
+    flux: FluxMap,
+    *,
+    x_start: Tensor | None,
+    t_start: float,
+    steps: int,
+    corrector_steps: int = 0,
+    snr: float = 0.16,
+    t_min: float = 1e-5,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Tensor:
+    """New flux images [B, n, n] of one component by the reverse posterior SDE from t_start (re-noising x_start,
+    flux [B, n, n]) or from t = 1 (x_start None)."""
+    score = posterior_score(prior.score, prior.sde.sigma, likelihood, operator, rest, flux, temperature)
+    b, n = rest.shape[0], operator.n
+    start = None if x_start is None else flux.to_net(x_start)[:, None]
+    x = sample_reverse_sde(
+        score, prior.sde, (b, 1, n, n), steps=steps, corrector_steps=corrector_steps, snr=snr, t_min=t_min,
+        t_start=t_start, x_start=start, generator=generator, device=rest.device, dtype=rest.dtype,
+        progress=progress,
+    )
+    return flux.to_flux(x[:, 0])
