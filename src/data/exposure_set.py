@@ -18,6 +18,9 @@ class Chip:
 
     sci, err: [H, W] float64 in `unit` (ERR is the 1-sigma noise); dq: [H, W] int data-quality flags (0 = good);
     wcs: astropy WCS with distortion (SIP and lookup tables) or None; extver: the SCI extension version (1 or 2).
+    header: the primary and SCI header keywords (SCI's win where both have one), as a plain dict.
+    path: the file it came from; name: ROOTNAME (else the file stem); unit: BUNIT of SCI as given (ELECTRONS,
+    ELECTRONS/S, ...); exptime: EXPTIME in seconds (0 when absent); filter: e.g. 'F814W' ('' when unknown).
     """
 
     sci: np.ndarray
@@ -26,6 +29,11 @@ class Chip:
     wcs: object | None
     extver: int = 1
     header: dict = field(default_factory=dict)
+    path: Path | None = None
+    name: str = ""
+    unit: str = ""
+    exptime: float = 0.0
+    filter: str = ""
 
 
 @dataclass

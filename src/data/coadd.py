@@ -1,0 +1,381 @@
+"""Co-added images (drizzled FITS with noise map and PSF; lenstronomy-style HDF5) -> a one-exposure ExposureSet,
+and `load_lens`, which turns a lens config (conf/lens/NAME.yaml) into its ExposureSet whatever the data's form.
+
+The whole image is the cutout. Its sky grid:
+  - from the image's WCS when its header has one (SIP and lookup tables included), about the lens (ra, dec);
+  - else from `pixel_scale`, assuming the standard orientation of drizzled products, north up and east LEFT, with
+    the lens at the centre pixel (H // 2, W // 2) (the middle pixel for odd sides, the one just above/right of
+    the middle for even sides): x = -(col - W // 2) * pixel_scale (east), y = (row - H // 2) * pixel_scale (north);
+  - for lenstronomy HDF5 files from `transform_pix2angle` and `ra_at_xy_0`, `dec_at_xy_0`:
+    (x, y) = (ra_at_xy_0, dec_at_xy_0) + transform_pix2angle @ (col, row), where lenstronomy's "ra" offset is x
+    (east) and "dec" is y (north); the origin (0, 0) of those coordinates is taken to be the lens at (ra, dec).
+PSFs are made odd-sided (an even side gets one zero row/column at its end), rolled by whole pixels so that the
+peak is the central pixel, and normalised to unit sum.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+
+from src.data.exposure_set import Exposure, ExposureSet
+from src.data.flt import filter_name, lens_pixel, load_exposures, mean_pixel_scale, one_line, require_file
+from src.data.masks import load_user_mask
+from src.data.sky_grid import sky_offsets
+from src.errors import InputError
+
+log = logging.getLogger(__name__)
+
+H5_KEYS = ("image_data", "background_rms", "exposure_time", "transform_pix2angle", "ra_at_xy_0", "dec_at_xy_0")
+
+
+# ------------------------------------------------------------------------------------------------- pieces
+
+
+def read_image(path, what: str = "image") -> tuple[np.ndarray, fits.Header, WCS | None]:
+    """The image of a FITS file: the SCI extension if there is one, else the first HDU with 2-D data.
+
+    Returns:
+        (data [H, W] float64, its header, its celestial WCS or None when the header has none).
+    """
+    path = Path(path)
+    require_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            warnings.filterwarnings("error", message=".*truncated")  # a short file is an error, not a warning
+            with fits.open(path, memmap=False) as hdul:
+                hdus = [h for h in hdul if getattr(h, "is_image", False) and h.data is not None]
+                sci = [h for h in hdus if h.name == "SCI"]
+                if not hdus:
+                    raise InputError(f"{path}: no HDU holds image data (the {what})")
+                hdu = (sci or hdus)[0]
+                data = np.array(hdu.data, dtype=np.float64)
+                header = hdu.header.copy()
+                wcs = None
+                if "CTYPE1" in header or "CD1_1" in header or "CRVAL1" in header:
+                    try:
+                        wcs = WCS(header, hdul)
+                    except Exception as err:
+                        raise InputError(f"{path}: the header's WCS is unusable ({one_line(err)})") from None
+                    wcs = wcs if wcs.has_celestial and wcs.naxis == 2 else None
+    except InputError:
+        raise
+    except Exception as err:  # corrupt or truncated files fail in many ways inside astropy.io.fits
+        raise InputError(f"{path}: cannot be read as a FITS file ({one_line(err)})") from None
+    if data.ndim != 2:
+        raise InputError(f"{path}: the {what} has {data.ndim} dimensions; a 2-D image is needed")
+    return data, header, wcs
+
+
+def prepare_psf(psf, source="PSF") -> np.ndarray:
+    """A PSF stamp [K, K] made odd-sided, rolled so its peak is the central pixel (K // 2, K // 2), unit sum.
+
+    Raises:
+        InputError: not 2-D, not finite, or a sum <= 0 (`source` names the file in the message).
+    """
+    psf = np.array(psf, dtype=np.float64)
+    if psf.ndim != 2 or min(psf.shape) < 1:
+        raise InputError(f"{source}: the PSF must be a 2-D image, got shape {psf.shape}")
+    if not np.all(np.isfinite(psf)):
+        raise InputError(f"{source}: the PSF holds NaN or infinite values")
+    total = float(psf.sum())
+    if not total > 0:
+        raise InputError(f"{source}: the PSF sums to {total:.3g}; it needs a positive sum")
+    h, w = psf.shape
+    k = max(h, w) | 1  # odd and square: zeros appended at the end
+    if (h, w) != (k, k):
+        psf = np.pad(psf, ((0, k - h), (0, k - w)))
+    peak = np.unravel_index(int(np.argmax(psf)), psf.shape)
+    shift = (k // 2 - int(peak[0]), k // 2 - int(peak[1]))
+    if shift != (0, 0):
+        log.warning("%s: PSF peak at %s, not the central pixel; rolled by %s pixels", source, tuple(map(int, peak)),
+                    shift)
+        psf = np.roll(psf, shift, axis=(0, 1))
+    return psf / psf.sum()
+
+
+def _oversampling(value) -> int:
+    try:
+        ok = not isinstance(value, bool) and float(value).is_integer() and int(value) >= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(f"psf_oversampling must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _finish(name, path, data, variance, usable, x, y, pixel_scale, user_mask, wcs, **extra) -> Exposure:
+    """One Exposure from arrays of a whole image; masks non-finite values; InputError if nothing is usable."""
+    finite = np.isfinite(data) & np.isfinite(variance)
+    positive = usable & finite & (variance > 0)
+    user = np.zeros(data.shape, dtype=bool)
+    if user_mask is not None:
+        user = load_user_mask(user_mask, data.shape, wcs=wcs, origin=(0, 0))
+    mask = positive & ~user
+    n_nonfinite = int(np.count_nonzero(~finite))
+    if not mask.any():
+        raise InputError(f"{path}: every pixel is masked ({n_nonfinite} not finite, "
+                         f"{int(np.count_nonzero(finite & ~positive))} with no positive noise, "
+                         f"{int(np.count_nonzero(user))} by the user mask)")
+    if n_nonfinite:
+        log.warning("%s: %d pixels with NaN/inf in the image or noise; masked", path, n_nonfinite)
+    return Exposure(name=name, path=Path(path), data=np.where(np.isfinite(data), data, 0.0),
+                    variance=np.where(positive, variance, 1.0), mask=mask, x=x, y=y, pixel_scale=pixel_scale,
+                    n_nonfinite=n_nonfinite, wcs=wcs, **extra)
+
+
+# ----------------------------------------------------------------------------------------------- co-adds
+
+
+def coadd_grid(shape, pixel_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Sky grid [H, W] (arcsec) of an image without WCS: north up, east left, lens at pixel (H // 2, W // 2)."""
+    h, w = shape
+    rows = np.arange(h, dtype=np.float64)[:, None] - h // 2
+    cols = np.arange(w, dtype=np.float64)[None, :] - w // 2
+    return np.broadcast_to(-cols * pixel_scale, (h, w)).copy(), np.broadcast_to(rows * pixel_scale, (h, w)).copy()
+
+
+def load_coadd(image, noise_map, psf, pixel_scale: float | None = None, *, ra: float, dec: float,
+               name: str = "lens", psf_oversampling: int = 1, user_mask=None) -> ExposureSet:
+    """A co-added (drizzled) image with its 1-sigma noise map and PSF as a one-exposure ExposureSet.
+
+    Args:
+        image, noise_map, psf: FITS files (the SCI extension, else the first HDU with data); the noise map in the
+            image's unit, 1 sigma, same shape.
+        pixel_scale: arcsec per pixel, used when the image header has no WCS (north up, east left, lens at the
+            centre pixel; module docstring). With a WCS the WCS wins.
+        ra, dec: the lens position, degrees.
+        name: the lens's name.
+        psf_oversampling: PSF pixels per image pixel side.
+        user_mask: None, a bool array of the image's shape (True = masked out), or a region / FITS / .npy file.
+
+    Returns:
+        ExposureSet with one Exposure: data [H, W], variance = noise^2, mask (finite, noise > 0, user mask), x, y
+        [H, W] arcsec, psf [K, K] unit sum, unit from BUNIT ('' if absent), exptime from EXPTIME (0 if absent).
+
+    Raises:
+        InputError: missing/corrupt files, shapes that differ, no WCS and no pixel_scale, a PSF that is not
+        finite or does not sum to a positive value, every pixel masked.
+    """
+    image, noise_map, psf = Path(image), Path(noise_map), Path(psf)
+    data, header, wcs = read_image(image, "image")
+    noise, _, _ = read_image(noise_map, "noise map")
+    if noise.shape != data.shape:
+        raise InputError(f"{noise_map}: noise map of shape {noise.shape} differs from the image's {data.shape} "
+                         f"({image})")
+    kernel, _, _ = read_image(psf, "PSF")
+    kernel = prepare_psf(kernel, psf)
+    h, w = data.shape
+    if wcs is not None:
+        row, col = lens_pixel(wcs, ra, dec)
+        if not (math.isfinite(row) and -0.5 <= row < h - 0.5 and -0.5 <= col < w - 0.5):
+            raise InputError(f"{image}: the lens at RA {ra:.6f}, Dec {dec:+.6f} lies outside the image (by its WCS)")
+        x, y = sky_offsets(wcs, ra, dec, np.arange(h)[:, None], np.arange(w)[None, :])
+        scale = mean_pixel_scale(x, y)
+        if pixel_scale is not None and abs(scale / float(pixel_scale) - 1) > 0.01:
+            log.warning("%s: pixel_scale %.4g differs from the WCS's %.4g arcsec; the WCS is used", image,
+                        float(pixel_scale), scale)
+        log.info("%s: lens at pixel (row %.2f, col %.2f) by the WCS", image, row, col)
+    else:
+        if pixel_scale is None:
+            raise InputError(f"{image}: the header holds no WCS and no pixel_scale was given; set pixel_scale "
+                             "(arcsec per pixel) in the lens config")
+        scale = float(pixel_scale)
+        if not (math.isfinite(scale) and scale > 0):
+            raise InputError(f"{image}: pixel_scale must be a positive number of arcsec, got {pixel_scale!r}")
+        x, y = coadd_grid(data.shape, scale)
+    exposure = _finish(
+        image.name.split(".")[0], image, data, noise**2, np.isfinite(noise) & (noise > 0), x, y, scale, user_mask, wcs,
+        unit=str(header.get("BUNIT", "")).strip(), exptime=float(header.get("EXPTIME", 0.0) or 0.0),
+        filter=filter_name(header), psf=kernel, psf_oversampling=_oversampling(psf_oversampling))
+    log.info("%s: co-add %d x %d at %.4g arcsec/pixel, %d pixels used", image, h, w, scale, int(exposure.mask.sum()))
+    return ExposureSet(name=name, ra=float(ra), dec=float(dec), exposures=[exposure])
+
+
+# ---------------------------------------------------------------------------------------- lenstronomy HDF5
+
+
+def _h5_datasets(path: Path, keys, required: bool = True) -> dict[str, np.ndarray]:
+    import h5py
+
+    require_file(path)
+    try:
+        with h5py.File(path, "r") as f:
+            out = {}
+            for key in keys:
+                if key not in f or not isinstance(f[key], h5py.Dataset):
+                    if required:
+                        raise InputError(f"{path}: no dataset '{key}'; a lenstronomy file needs {', '.join(keys)}")
+                    continue
+                out[key] = np.asarray(f[key][()], dtype=np.float64)
+            return out
+    except InputError:
+        raise
+    except Exception as err:
+        raise InputError(f"{path}: cannot be read as HDF5 ({one_line(err)})") from None
+
+
+def load_lenstronomy_h5(image_h5, psf_h5=None, *, ra: float, dec: float, name: str = "lens",
+                        psf_oversampling: int = 1, user_mask=None, filter: str | None = None) -> ExposureSet:
+    """A lenstronomy-style HDF5 image (and PSF) as a one-exposure ExposureSet.
+
+    Args:
+        image_h5: file with image_data [H, W] (counts/s), background_rms (scalar or [H, W]), exposure_time
+            (scalar or [H, W], s), transform_pix2angle [2, 2] (arcsec per pixel: (col, row) -> (ra, dec) offsets),
+            ra_at_xy_0, dec_at_xy_0 (arcsec offsets of pixel (0, 0); the lens is the coordinates' origin).
+        psf_h5: file with kernel_point_source [K, K]; None: that dataset of image_h5 if it has one, else no PSF.
+        ra, dec: the lens position, degrees (the files hold only offsets).
+        filter: the band; None takes it from the file name when it contains one (e.g. ..._F555W.h5).
+
+    Returns:
+        ExposureSet with one Exposure: variance = background_rms^2 + max(image, 0) / exposure_time; pixels with
+        exposure_time <= 0 or non-finite values are masked; unit 'ELECTRONS/S'; exptime the median exposure time.
+    """
+    image_h5 = Path(image_h5)
+    d = _h5_datasets(image_h5, H5_KEYS)
+    data = d["image_data"]
+    if data.ndim != 2:
+        raise InputError(f"{image_h5}: image_data has shape {data.shape}; a 2-D image is needed")
+    shape = data.shape
+    for key in ("background_rms", "exposure_time"):
+        if d[key].ndim != 0 and d[key].shape != shape:
+            raise InputError(f"{image_h5}: {key} of shape {d[key].shape} is neither a scalar nor the image's {shape}")
+    t = d["transform_pix2angle"]
+    if t.shape != (2, 2) or not np.all(np.isfinite(t)) or abs(np.linalg.det(t)) == 0:
+        raise InputError(f"{image_h5}: transform_pix2angle must be a finite, invertible 2 x 2 matrix")
+    rows = np.arange(shape[0], dtype=np.float64)[:, None]
+    cols = np.arange(shape[1], dtype=np.float64)[None, :]
+    x = float(d["ra_at_xy_0"]) + t[0, 0] * cols + t[0, 1] * rows
+    y = float(d["dec_at_xy_0"]) + t[1, 0] * cols + t[1, 1] * rows
+    col0, row0 = np.linalg.solve(t, -np.array([float(d["ra_at_xy_0"]), float(d["dec_at_xy_0"])]))
+    if not (-0.5 <= row0 < shape[0] - 0.5 and -0.5 <= col0 < shape[1] - 0.5):
+        log.warning("%s: the coordinates' origin (taken as the lens) is outside the image, at pixel (%.1f, %.1f)",
+                    image_h5, row0, col0)
+    exptime = np.broadcast_to(d["exposure_time"], shape)
+    rms = np.broadcast_to(d["background_rms"], shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        variance = rms**2 + np.clip(np.nan_to_num(data, nan=0.0), 0.0, None) / exptime
+    usable = np.isfinite(exptime) & (exptime > 0)
+    kernel = None
+    if psf_h5 is not None:
+        psf_h5 = Path(psf_h5)
+        kernel = prepare_psf(_h5_datasets(psf_h5, ("kernel_point_source",))["kernel_point_source"], psf_h5)
+    else:
+        inside = _h5_datasets(image_h5, ("kernel_point_source",), required=False)
+        if "kernel_point_source" in inside:
+            kernel = prepare_psf(inside["kernel_point_source"], image_h5)
+    if filter is None:
+        found = re.search(r"(?:^|[_\-.])(F\d{3,4}[A-Z]{1,2})(?:[_\-.]|$)", image_h5.name.upper())
+        filter = found.group(1) if found else ""
+    good_t = exptime[usable]
+    exposure = _finish(
+        image_h5.name.split(".")[0], image_h5, data, np.asarray(variance, dtype=np.float64), usable, x, y,
+        float(math.sqrt(abs(np.linalg.det(t)))), user_mask, None, unit="ELECTRONS/S",
+        exptime=float(np.median(good_t)) if good_t.size else 0.0, filter=filter, psf=kernel,
+        psf_oversampling=_oversampling(psf_oversampling))
+    log.info("%s: lenstronomy image %d x %d at %.4g arcsec/pixel, %d pixels used", image_h5, *shape,
+             exposure.pixel_scale, int(exposure.mask.sum()))
+    return ExposureSet(name=name, ra=float(ra), dec=float(dec), exposures=[exposure])
+
+
+# ---------------------------------------------------------------------------------------------- lens configs
+
+
+def _plain(cfg) -> dict:
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(cfg):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf comes with hydra
+        pass
+    return dict(cfg)
+
+
+def load_lens(lens_cfg: Mapping, data_dir, size: int | None = None, dq_bad_bits=None) -> ExposureSet:
+    """The ExposureSet of a lens config (conf/lens/NAME.yaml), whatever form its data take.
+
+    The config's data keys (paths relative to `data_dir` unless absolute):
+      - `exposures`: FLT/FLC files -> `load_exposures` (needs `size` and `dq_bad_bits`, conf/data/flt.yaml);
+        optional `mask` (one user mask for every exposure, e.g. a sky region file) or `masks` (one per file);
+        a config with a `mock:` block generates its files first when they are missing
+        (`src.data.mock.make_mock_from_config`);
+      - `image`, `noise_map`, `psf` (+ `pixel_scale` when the files have no WCS, `psf_oversampling`, `mask`)
+        -> `load_coadd`;
+      - `h5` (+ `psf_h5`, `psf_oversampling`, `mask`, `filter`) -> `load_lenstronomy_h5`.
+
+    Args:
+        lens_cfg: the lens config (a Mapping or an OmegaConf node): name, ra, dec (degrees) and the keys above.
+        data_dir: the folder relative paths start from (paths.data_dir).
+        size: FLT cutout side in pixels; None takes the config's `cutout` (or its mock's `cutout`).
+        dq_bad_bits: DQ bits that mark bad FLT pixels.
+
+    Raises:
+        InputError: a missing file ("PATH: file not found; put ... there or set paths.data_dir"), a config with
+        no data or with more than one kind of it, and whatever the loaders raise.
+    """
+    cfg = _plain(lens_cfg)
+    name = str(cfg.get("name", "lens"))
+    data_dir = Path(data_dir)
+    for key in ("ra", "dec"):
+        if not isinstance(cfg.get(key), (int, float)) or isinstance(cfg.get(key), bool):
+            raise InputError(f"lens config {name}: '{key}' (degrees) is missing or not a number")
+    ra, dec = float(cfg["ra"]), float(cfg["dec"])
+    kinds = [k for k in ("exposures", "image", "h5") if cfg.get(k)]
+    if len(kinds) != 1:
+        raise InputError(f"lens config {name}: needs exactly one of 'exposures' (FLT/FLC files), 'image' (a co-add "
+                         f"with noise_map and psf) or 'h5' (lenstronomy HDF5); found {kinds or 'none'}")
+    hint = f"set paths.data_dir (now {data_dir})"
+
+    def resolve(value, what: str, check: bool = True) -> Path:
+        p = Path(str(value))
+        p = p if p.is_absolute() else data_dir / p
+        if check:
+            require_file(p, f"put the lens's {what} there or {hint}")
+        return p
+
+    def mask_of(value):
+        return None if value is None else resolve(value, "mask file")
+
+    if kinds == ["exposures"]:
+        values = cfg["exposures"]
+        values = [values] if isinstance(values, str) else list(values)
+        paths = [resolve(v, "FLT/FLC file", check=False) for v in values]
+        if cfg.get("mock") is not None and not all(p.is_file() for p in paths):
+            from src.data.mock import make_mock_from_config
+
+            log.info("lens %s: generating its mock exposures in %s", name, data_dir)
+            make_mock_from_config(cfg, data_dir)
+        for p in paths:
+            require_file(p, f"put the lens's FLT/FLC file there or {hint}")
+        if size is None:
+            size = cfg.get("cutout") or (cfg.get("mock") or {}).get("cutout")
+        if size is None:
+            raise InputError(f"lens config {name}: no cutout size (give size, e.g. conf/data/flt.yaml cutout_size)")
+        if dq_bad_bits is None:
+            raise InputError(f"lens config {name}: no dq_bad_bits given (conf/data/flt.yaml dq_bad_bits)")
+        if cfg.get("masks") is not None:
+            masks = [mask_of(m) for m in cfg["masks"]]
+        else:
+            masks = mask_of(cfg.get("mask"))
+        return load_exposures(paths, ra, dec, int(size), dq_bad_bits, user_masks=masks, name=name)
+    if kinds == ["image"]:
+        for key in ("noise_map", "psf"):
+            if not cfg.get(key):
+                raise InputError(f"lens config {name}: a co-added 'image' needs '{key}' too")
+        return load_coadd(resolve(cfg["image"], "image"), resolve(cfg["noise_map"], "noise map"),
+                          resolve(cfg["psf"], "PSF"), cfg.get("pixel_scale"), ra=ra, dec=dec, name=name,
+                          psf_oversampling=cfg.get("psf_oversampling", 1), user_mask=mask_of(cfg.get("mask")))
+    psf = cfg.get("psf_h5") or cfg.get("psf")
+    return load_lenstronomy_h5(resolve(cfg["h5"], "HDF5 image"), None if psf is None else resolve(psf, "PSF"),
+                               ra=ra, dec=dec, name=name, psf_oversampling=cfg.get("psf_oversampling", 1),
+                               user_mask=mask_of(cfg.get("mask")), filter=cfg.get("filter"))
