@@ -1,0 +1,480 @@
+"""PSFs for the PSF prior: a map-style dataset over PSF files, and a CLI that writes PSF training stacks.
+
+Readable sources (`scan_psf_sources`), one file or a folder of them (not recursive):
+- a stack: HDF5 (dataset `key`, [N, K, K] or [N, 1, K, K]) or .npy; its oversampling is the HDF5 attribute
+  `oversampling` (of the dataset or the file; the CLI writes it), else `stack_oversampling`;
+- an STDPSF library cube (Anderson's empirical PSFs): FITS [n_psf, K, K], each PSF of the grid over the detector
+  one sample; oversampling from a header keyword (OVERSAMP, SUBSAMPL, DET_SAMP) if present, else
+  `cube_oversampling` (the STDPSF libraries are 4x supersampled);
+- a single-PSF FITS (TinyTim, or any 2-D PSF image; every 2-D image HDU is one PSF, padded to a square if it is
+  not one): oversampling from a header
+  keyword as above, else from PIXSCALE (TinyTim writes the PSF's pixel size, detector scale / subsampling) as
+  detector_pixel_scale / PIXSCALE (rounded when within 2% of an integer, PIXSCALE being approximate), else
+  `image_oversampling`.
+FITS files of a folder that hold no image (catalogue tables) are skipped with a warning.
+
+Every PSF goes through `src.data.epsf.prepare_psf`: negative pixels (noise, fill values such as the -0.1 borders
+of some STDPSF planes) set to zero, centred on pixel N // 2 (the centroid of its core), resampled flux-conservingly
+to `oversampling` and cut to [N, N] = [image_size, image_size], centred again, normalised to unit sum; then mapped
+to network units by `norm` (x = (psf - offset) / scale; with scale 0.01, a unit-sum ACS/WFC F814W PSF at 4x, whose
+peak is about 0.01, peaks near 1).
+
+Augmentation. A PSF's orientation and handedness are fixed by the telescope and the detector: the spider's
+diffraction spikes, the aberrations (coma, astigmatism) and the geometric distortion of the field all have fixed
+directions on the detector, so a rotated or mirrored PSF is the PSF of no real observation and would teach the
+prior shapes the data never show. Hence no rotations and no flips. The one optional augmentation, `jitter`, moves
+each PSF by a uniform random sub-pixel offset (up to `jitter` fine pixels): real PSFs are centred only to the
+accuracy of their centroid, and the offset is a translation, which the physics allows. It is off by default,
+because the sampler fits each exposure's alignment shift separately and a jittered prior would trade off against it.
+
+CLI (writes HDF5 stacks `images` [n, size, size] float32, unit-sum PSFs, attribute `oversampling`):
+
+    python -m src.data.psf_dataset build FLT_FOLDER OUTPUT.h5 [--oversampling 4 --size 128 --per-chip]
+    python -m src.data.psf_dataset convert INPUT OUTPUT.h5 [--oversampling 4 --size 128]
+
+`build` finds stars in every FLT/FLC file of the folder (conf/data/stars.yaml) and builds one ePSF per file (or
+per chip); `convert` turns STDPSF/TinyTim files, stacks or a folder of them into a stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from src.data.epsf import prepare_psf
+from src.data.normalization import PixelNorm
+from src.errors import InputError
+
+log = logging.getLogger(__name__)
+
+STACK_SUFFIXES = (".h5", ".hdf5", ".npy")
+FITS_SUFFIXES = (".fits", ".fit", ".fts")
+OVERSAMPLING_KEYWORDS = ("OVERSAMP", "SUBSAMPL", "DET_SAMP")
+AUGMENTATIONS = ("none", "jitter")
+CONF_PSF_PRIOR = Path(__file__).resolve().parents[2] / "conf" / "prior" / "psf.yaml"
+
+
+@dataclass
+class PSFSource:
+    """PSFs of one file.
+
+    Attributes:
+        path: the file.
+        kind: "stack" (read lazily by index) or "fits" (held in `psfs`).
+        count: number of PSFs.
+        oversampling: fine pixels per detector pixel of the file's PSFs.
+        key: HDF5 dataset name (stacks).
+        psfs: raw PSFs [K, K] of a FITS file (sizes may differ between HDUs).
+        labels: one name per PSF of a FITS file, for messages (e.g. 'file.fits[3]').
+    """
+
+    path: Path
+    kind: str
+    count: int
+    oversampling: float
+    key: str = "images"
+    psfs: list[np.ndarray] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------------ reading
+
+
+def _oversampling_from_header(header, detector_pixel_scale: float | None) -> float | None:
+    for key in OVERSAMPLING_KEYWORDS:
+        if key in header:
+            value = float(header[key])
+            if value > 0:
+                return value
+    if detector_pixel_scale and "PIXSCALE" in header and float(header["PIXSCALE"]) > 0:
+        ratio = float(detector_pixel_scale) / float(header["PIXSCALE"])
+        nearest = max(1, round(ratio))
+        return float(nearest) if abs(ratio - nearest) <= 0.02 * nearest else ratio
+    return None
+
+
+def _square(image: np.ndarray) -> np.ndarray:
+    """A 2-D PSF image [H, W] padded with zeros to [K, K], K = max(H, W), keeping pixel (H // 2, W // 2) on
+    (K // 2, K // 2)."""
+    h, w = image.shape
+    k = max(h, w)
+    out = np.zeros((k, k), dtype=image.dtype)
+    out[k // 2 - h // 2:k // 2 - h // 2 + h, k // 2 - w // 2:k // 2 - w // 2 + w] = image
+    return out
+
+
+def _read_fits(path: Path, cube_oversampling: float, image_oversampling: float,
+               detector_pixel_scale: float | None) -> PSFSource | None:
+    """A FITS file's PSFs (None if it holds no image); each 3-D HDU is a cube of PSFs, each 2-D HDU one PSF."""
+    import warnings
+
+    from astropy.io import fits
+    from astropy.io.fits.verify import VerifyWarning
+
+    psfs, labels, factors = [], [], set()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", VerifyWarning)  # e.g. the lower-case NXPSFs keywords of STDPSF files
+            with fits.open(path, memmap=False) as hdul:
+                for n, hdu in enumerate(hdul):
+                    if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) or hdu.data is None:
+                        continue
+                    data = np.asarray(hdu.data, dtype=np.float64)
+                    if data.ndim == 3 and data.shape[1] == data.shape[2] and data.shape[0] > 0:
+                        planes, default = list(data), cube_oversampling
+                    elif data.ndim == 2 and min(data.shape) >= 3:
+                        planes, default = [_square(data)], image_oversampling
+                    else:
+                        raise InputError(f"{path}: HDU {n} has shape {data.shape}; a PSF FITS holds images [K, K] or "
+                                         "a cube of square PSFs [n_psf, K, K]")
+                    factor = _oversampling_from_header(hdu.header, detector_pixel_scale) or default
+                    factors.add(float(factor))
+                    psfs.extend(planes)
+                    labels.extend(f"{path}[HDU {n}, PSF {i}]" if len(planes) > 1 else f"{path}[HDU {n}]"
+                                  for i in range(len(planes)))
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the FITS file ({err})") from None
+    if not psfs:
+        return None
+    if len(factors) > 1:
+        raise InputError(f"{path}: its HDUs have different oversampling factors {sorted(factors)}; split the file")
+    return PSFSource(path, "fits", len(psfs), factors.pop(), psfs=psfs, labels=labels)
+
+
+def _read_stack_info(path: Path, key: str, stack_oversampling: float | None,
+                     oversampling: float) -> PSFSource:
+    """A stack's size and oversampling (its images are read lazily)."""
+    try:
+        if path.suffix == ".npy":
+            shape = tuple(np.load(path, mmap_mode="r").shape)
+            attr = None
+        else:
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                if key not in f:
+                    raise InputError(f"{path}: no dataset {key!r} (has {sorted(f.keys())})")
+                shape = tuple(f[key].shape)
+                attr = f[key].attrs.get("oversampling", f.attrs.get("oversampling"))
+    except (OSError, ValueError) as err:
+        if isinstance(err, InputError):
+            raise
+        raise InputError(f"{path}: cannot read the PSF stack ({err})") from None
+    if len(shape) == 4 and shape[1] == 1:
+        shape = (shape[0], *shape[2:])
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise InputError(f"{path}: a PSF stack must be [N, K, K] or [N, 1, K, K], got shape {shape}")
+    if shape[0] == 0:
+        raise InputError(f"{path}: the stack holds no PSFs")
+    factor = float(attr) if attr is not None else (stack_oversampling or oversampling)
+    return PSFSource(path, "stack", shape[0], float(factor), key=key)
+
+
+def scan_psf_sources(path: str | Path, *, oversampling: float, key: str = "images", cube_oversampling: float = 4,
+                     image_oversampling: float = 1, stack_oversampling: float | None = None,
+                     detector_pixel_scale: float | None = None) -> list[PSFSource]:
+    """The PSF sources in a file or a folder (see the module's docstring); InputError if there are none.
+
+    Args:
+        path: a stack, a FITS file, or a folder of them.
+        oversampling: the target oversampling (stacks without an attribute are taken to be at it unless
+            `stack_oversampling` is given).
+        key, cube_oversampling, image_oversampling, stack_oversampling, detector_pixel_scale: as in `PSFDataset`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in STACK_SUFFIXES + FITS_SUFFIXES)
+        if not files:
+            raise InputError(f"{path}: no PSF files ({', '.join(STACK_SUFFIXES + FITS_SUFFIXES)}) in the folder")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise InputError(f"PSFs not found: {path} (give a PSF stack, an STDPSF or TinyTim FITS file, or a folder of "
+                         "them as data.train.path)")
+    sources = []
+    for f in files:
+        suffix = f.suffix.lower()
+        if suffix in STACK_SUFFIXES:
+            sources.append(_read_stack_info(f, key, stack_oversampling, oversampling))
+        elif suffix in FITS_SUFFIXES:
+            source = _read_fits(f, cube_oversampling, image_oversampling, detector_pixel_scale)
+            if source is None:
+                if not path.is_dir():
+                    raise InputError(f"{f}: the FITS file holds no image")
+                log.warning("%s holds no image: skipped", f)
+                continue
+            sources.append(source)
+        else:
+            raise InputError(f"{f}: unknown PSF file type (use {', '.join(STACK_SUFFIXES + FITS_SUFFIXES)})")
+    if not sources:
+        raise InputError(f"{path}: no PSFs in the folder")
+    return sources
+
+
+# ------------------------------------------------------------------------------------------------------ dataset
+
+
+class PSFDataset(Dataset):
+    """PSFs [1, N, N] (float32, network units) for the PSF prior, from stacks, STDPSF cubes, TinyTim files or a
+    folder of them.
+
+    Each item is a PSF at `oversampling` fine pixels per detector pixel, [image_size, image_size], centred on pixel
+    (N // 2, N // 2), unit sum, then `norm.to_net` (see the module's docstring). FITS PSFs are prepared once when the
+    dataset is made (bad ones raise InputError then); stack PSFs when they are read.
+
+    Args:
+        path: a stack (.h5/.hdf5/.npy), a FITS file, or a folder of them.
+        image_size: N, pixels at `oversampling`.
+        channels: must be 1.
+        oversampling: fine pixels per detector pixel of the returned PSFs (4: 128 pixels span 32 detector pixels).
+        key: HDF5 dataset name of stacks.
+        cube_oversampling: oversampling of 3-D FITS cubes without a keyword (STDPSF: 4).
+        image_oversampling: oversampling of 2-D FITS PSFs without a keyword or PIXSCALE.
+        stack_oversampling: oversampling of stacks without an `oversampling` attribute; None: `oversampling`.
+        detector_pixel_scale: arcsec per detector pixel, to read a FITS PIXSCALE (None: ignore PIXSCALE).
+        clip_negative: set negative PSF pixels to zero before anything else.
+        centre_box: half-size, detector pixels, of the box whose centroid defines a PSF's centre.
+        augment: "none" or "jitter" (random sub-pixel translation; no rotations or flips, see the module).
+        jitter: largest jitter offset, fine pixels.
+        norm: unit-sum PSF -> network units.
+    """
+
+    def __init__(self, path: str | Path, image_size: int, channels: int = 1, oversampling: float = 4,
+                 key: str = "images", cube_oversampling: float = 4, image_oversampling: float = 1,
+                 stack_oversampling: float | None = None, detector_pixel_scale: float | None = None,
+                 clip_negative: bool = True, centre_box: float = 1.5, augment: str = "none", jitter: float = 0.25,
+                 norm: dict | PixelNorm | None = None):
+        if channels != 1:
+            raise InputError(f"PSFs have one channel, got channels={channels} (set prior.channels: 1)")
+        if augment not in AUGMENTATIONS:
+            raise InputError(f"PSF augment must be one of {AUGMENTATIONS} (no rotations or flips: a PSF's "
+                             f"orientation is fixed by the telescope), got {augment!r}")
+        if not (image_size >= 3 and oversampling > 0 and jitter >= 0):
+            raise InputError(f"PSFDataset needs image_size >= 3, oversampling > 0 and jitter >= 0, got {image_size}, "
+                             f"{oversampling}, {jitter}")
+        self.path = Path(path)
+        self.image_size = int(image_size)
+        self.oversampling = float(oversampling)
+        self.clip_negative = bool(clip_negative)
+        self.centre_box = float(centre_box)
+        self.augment = augment
+        self.jitter = float(jitter)
+        self.norm = norm if isinstance(norm, PixelNorm) else PixelNorm(**dict(norm or {}))
+        self.sources = scan_psf_sources(self.path, oversampling=self.oversampling, key=key,
+                                        cube_oversampling=cube_oversampling, image_oversampling=image_oversampling,
+                                        stack_oversampling=stack_oversampling,
+                                        detector_pixel_scale=detector_pixel_scale)
+        self._starts = np.cumsum([0] + [s.count for s in self.sources])
+        self._prepared: dict[int, np.ndarray] = {}  # FITS PSFs, ready
+        for n, source in enumerate(self.sources):
+            if source.kind == "fits":
+                for j, (psf, label) in enumerate(zip(source.psfs, source.labels, strict=True)):
+                    self._prepared[int(self._starts[n]) + j] = self._prepare(psf, source.oversampling, label)
+                source.psfs = []  # the prepared copies are all that is needed
+        self._arrays: dict[int, object] = {}  # stacks, opened lazily, once per DataLoader worker
+        log.info("PSF dataset: %d PSFs from %d file(s) under %s, [%d, %d] at oversampling %g", len(self),
+                 len(self.sources), self.path, self.image_size, self.image_size, self.oversampling)
+
+    def _prepare(self, psf: np.ndarray, from_oversampling: float, where: str) -> np.ndarray:
+        return prepare_psf(psf, from_oversampling, self.oversampling, self.image_size, where,
+                           clip_negative=self.clip_negative, centre_box=self.centre_box)
+
+    def _stack(self, n: int):
+        if n not in self._arrays:
+            source = self.sources[n]
+            if source.path.suffix == ".npy":
+                self._arrays[n] = np.load(source.path, mmap_mode="r")
+            else:
+                import h5py
+
+                self._arrays[n] = h5py.File(source.path, "r")[source.key]
+        return self._arrays[n]
+
+    def psf(self, i: int) -> np.ndarray:
+        """PSF i as prepared (unit sum, centred, [N, N] float64), before augmentation and normalisation."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"PSF index {i} out of range for {len(self)} PSFs")
+        if i in self._prepared:
+            return self._prepared[i]
+        n = int(np.searchsorted(self._starts, i, side="right") - 1)
+        j = i - int(self._starts[n])
+        source = self.sources[n]
+        raw = np.asarray(self._stack(n)[j], dtype=np.float64).reshape(self._stack(n).shape[-2:])
+        return self._prepare(raw, source.oversampling, f"{source.path}[{j}]")
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        psf = self.psf(int(i))
+        if self.augment == "jitter" and self.jitter > 0:
+            from scipy import ndimage
+
+            offset = (torch.rand(2, dtype=torch.float64) * 2 - 1).numpy() * self.jitter
+            psf = np.clip(ndimage.shift(psf, offset, order=3, mode="constant"), 0.0, None)
+            psf = psf / psf.sum()
+        img = torch.from_numpy(np.ascontiguousarray(psf, dtype=np.float32))[None]
+        return self.norm.to_net(img).contiguous()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_arrays"] = {}  # file handles do not cross process boundaries
+        return state
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+
+
+def write_stack(path: str | Path, images: np.ndarray, oversampling: float, **extra) -> None:
+    """Write unit-sum PSFs [n, N, N] as an HDF5 stack `images` (float32, attribute `oversampling`), atomically;
+    `extra` 1-D arrays (n values each) become datasets beside it."""
+    import h5py
+
+    from src.data.mock_fits import atomic_write
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            dset = f.create_dataset("images", data=np.asarray(images, dtype=np.float32), compression="gzip")
+            dset.attrs["oversampling"] = float(oversampling)
+            dset.attrs["description"] = ("PSFs centred on pixel N // 2, unit sum, oversampling fine pixels per "
+                                         "detector pixel")
+            f.attrs["oversampling"] = float(oversampling)
+            for name, values in extra.items():
+                values = np.asarray(values)
+                f.create_dataset(name, data=values.astype("S") if values.dtype.kind in "UO" else values)
+
+    atomic_write(path, write)
+    log.info("wrote %d PSFs [%d, %d] at oversampling %g to %s", len(images), *np.shape(images)[1:], oversampling,
+             path)
+
+
+def _progress(items: Sequence, desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with the project's environment
+        return items
+    return tqdm(items, desc=desc, unit="file", disable=None)
+
+
+def build_epsf_stack(flt_folder: str | Path, output: str | Path, *, oversampling: int | None = None,
+                     size: int | None = None, per_chip: bool = False, stars_config: str | Path | None = None,
+                     pattern: str = "*_fl[tc].fits") -> int:
+    """ePSFs from the stars of every FLT/FLC file in a folder, written as a PSF stack; returns how many.
+
+    Settings come from conf/data/stars.yaml (or `stars_config`): `find:` for the stars, `epsf:` for the builder
+    (`oversampling` and `size` there unless given). Files (or chips) with fewer than `epsf.min_stars` stars are
+    skipped with a warning.
+    """
+    from src.data.epsf import build_epsf
+    from src.data.stars import StarStamps, find_stars_in_flt, load_epsf_settings, load_star_settings
+
+    folder = Path(flt_folder)
+    if not folder.is_dir():
+        raise InputError(f"FLT folder not found: {folder}")
+    files = sorted(folder.glob(pattern))
+    if not files:
+        raise InputError(f"{folder}: no files matching {pattern}")
+    find = load_star_settings(stars_config)
+    epsf = load_epsf_settings(stars_config)
+    oversampling = int(oversampling or epsf["oversampling"])
+    size = int(size or epsf["size"])
+    min_stars = int(epsf["min_stars"])
+    builder = {k: v for k, v in epsf.items() if k not in ("oversampling", "size", "min_stars")}
+    images, sources, chips, counts = [], [], [], []
+    for path in _progress(files, "ePSFs"):
+        per = find_stars_in_flt(path, settings=find)
+        groups = [(ext, st) for ext, st in per] if per_chip else \
+            [(0, StarStamps.concatenate([st for _, st in per if len(st)], find["stamp_size"]))]
+        for ext, stamps in groups:
+            label = f"{path.name}" + (f" chip {ext}" if ext else "")
+            if len(stamps) < min_stars:
+                log.warning("%s: %d stars, fewer than %d: no ePSF", label, len(stamps), min_stars)
+                continue
+            images.append(build_epsf(stamps, oversampling, size, **builder))
+            sources.append(path.name)
+            chips.append(ext)
+            counts.append(len(stamps))
+            log.info("%s: ePSF from %d stars", label, len(stamps))
+    if not images:
+        raise InputError(f"{folder}: no file had {min_stars} usable stars; no ePSF built")
+    write_stack(output, np.stack(images), oversampling, source=np.asarray(sources), chip=np.asarray(chips),
+                n_stars=np.asarray(counts))
+    return len(images)
+
+
+def _reader_defaults() -> dict:
+    """The PSF readers' settings of conf/prior/psf.yaml (data.train), for the CLI's defaults."""
+    from omegaconf import OmegaConf
+
+    train = OmegaConf.load(CONF_PSF_PRIOR).data.train
+    keys = ("oversampling", "key", "cube_oversampling", "image_oversampling", "stack_oversampling",
+            "detector_pixel_scale", "clip_negative", "centre_box")
+    return {k: train[k] for k in keys}
+
+
+def convert_psfs(source: str | Path, output: str | Path, *, oversampling: float | None = None,
+                 size: int = 128, **readers) -> int:
+    """STDPSF/TinyTim files, stacks or a folder of them -> a PSF stack of prepared PSFs; returns how many.
+
+    `readers` override the reader settings of conf/prior/psf.yaml (cube_oversampling, image_oversampling, ...).
+    """
+    settings = {**_reader_defaults(), **{k: v for k, v in readers.items() if v is not None}}
+    if oversampling is not None:
+        settings["oversampling"] = oversampling
+    data = PSFDataset(source, image_size=size, **settings)
+    images = np.stack([data.psf(i) for i in _progress(range(len(data)), "PSFs")])
+    names = [s.path.name for s in data.sources for _ in range(s.count)]
+    write_stack(output, images, data.oversampling, source=np.asarray(names))
+    return len(images)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.data.psf_dataset",
+                                     description="Write PSF training stacks (HDF5 `images` [n, size, size], unit-sum "
+                                     "PSFs centred on pixel size // 2) for the PSF prior.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="ePSFs from the stars in a folder of FLT/FLC files")
+    build.add_argument("flt_folder")
+    build.add_argument("output")
+    build.add_argument("--oversampling", type=int, default=None, help="default: conf/data/stars.yaml epsf block")
+    build.add_argument("--size", type=int, default=None, help="ePSF side, fine pixels (default: stars.yaml)")
+    build.add_argument("--per-chip", action="store_true", help="one ePSF per chip instead of per file")
+    build.add_argument("--stars-config", default=None, help="star/ePSF settings (default conf/data/stars.yaml)")
+    build.add_argument("--pattern", default="*_fl[tc].fits", help="file names to use (default %(default)s)")
+    convert = sub.add_parser("convert", help="STDPSF cubes, TinyTim files, stacks or a folder of them")
+    convert.add_argument("input")
+    convert.add_argument("output")
+    convert.add_argument("--oversampling", type=float, default=None, help="default: conf/prior/psf.yaml")
+    convert.add_argument("--size", type=int, default=128, help="PSF side, fine pixels (default %(default)s)")
+    convert.add_argument("--cube-oversampling", type=float, default=None)
+    convert.add_argument("--image-oversampling", type=float, default=None)
+    convert.add_argument("--detector-pixel-scale", type=float, default=None, help="arcsec per detector pixel")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "build":
+            build_epsf_stack(args.flt_folder, args.output, oversampling=args.oversampling, size=args.size,
+                             per_chip=args.per_chip, stars_config=args.stars_config, pattern=args.pattern)
+        else:
+            convert_psfs(args.input, args.output, oversampling=args.oversampling, size=args.size,
+                         cube_oversampling=args.cube_oversampling, image_oversampling=args.image_oversampling,
+                         detector_pixel_scale=args.detector_pixel_scale)
+    except InputError as err:
+        log.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
