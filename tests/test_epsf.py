@@ -144,3 +144,37 @@ def test_bad_psfs_are_input_errors_naming_the_file(bad, message):
     with pytest.raises(InputError) as err:
         prepare_psf(bad, 4, 4, 16, "psf.fits")
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_effective_psf_kernel_images_a_point_source_as_the_epsf():
+    """A point source on the model's sub-pixel grid, through the "sample" detector with the kernel built from an
+    ePSF, gives detector pixels equal to the ePSF (the optical PSF integrated over a pixel, here in closed form)."""
+    import torch
+    from scipy.special import erf
+
+    from src.data.epsf import effective_psf_kernel
+    from src.lensing.binning import sample_pixels
+    from src.lensing.psf import PSFConvolution
+
+    sx, sy = 0.8, 1.1  # optical Gaussian widths, detector pixels
+
+    def epsf_at(u, v):  # fraction of a unit point source at offset (u, v) falling in a pixel
+        fx = 0.5 * (erf((u + 0.5) / (sx * np.sqrt(2))) - erf((u - 0.5) / (sx * np.sqrt(2))))
+        fy = 0.5 * (erf((v + 0.5) / (sy * np.sqrt(2))) - erf((v - 0.5) / (sy * np.sqrt(2))))
+        return fx * fy
+
+    o = 8
+    grid = (np.arange(-8 * o, 8 * o + 1)) / o
+    epsf = epsf_at(grid[None, :], grid[:, None])
+    for s in (2, 3):
+        kernel = effective_psf_kernel(epsf, o, s, 12 * s + 1)
+        n = 16
+        img = torch.zeros(1, n * s, n * s, dtype=torch.float64)
+        r, c = 8 * s + 1, 7 * s + s - 1  # a sub-pixel off the pixel centre
+        img[0, r, c] = s**2  # unit flux: surface brightness per detector-pixel area times the sub-pixel area
+        out = sample_pixels(PSFConvolution(torch.tensor(kernel)[None], (n * s, n * s))(img), s)[0].numpy()
+        # positions in detector pixels: sub-pixel centre (r + 0.5) / s - 0.5, pixel centre i
+        yr, xc = (r + 0.5) / s - 0.5, (c + 0.5) / s - 0.5
+        ii, jj = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        expect = epsf_at(jj - xc, ii - yr)
+        assert np.abs(out - expect).max() < 2e-3 * expect.max(), s

@@ -283,3 +283,55 @@ def test_differentiable_in_images_and_psfs():
     light = torch.rand(1, 8, 8, generator=g, dtype=F64, requires_grad=True)
     psf = torch.rand(2, 3, 3, generator=g, dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda s, lt, p: fm(mass, shifts, s, lt, p), (src, light, psf))
+
+
+def small_model_detector(detector, s=2):
+    grid = ExposureGrid.regular((8, 8), 0.1, s, n_exp=2, offsets=torch.tensor([[0.013, -0.021], [-0.034, 0.008]]),
+                                rotation=torch.tensor([0.0, 0.2]), dtype=F64)
+    return ForwardModel(grid, PixelGrid(16, 0.04), PixelGrid(16, 0.06), detector=detector)
+
+
+@pytest.mark.parametrize("s", [2, 3])
+def test_sample_detector_with_the_pixel_convolved_psf_equals_integration(s):
+    """An effective PSF is the optical PSF smoothed by the pixel: E[m] = s^-2 sum_{d<s} p[m - s//2 + d] per axis."""
+    k = 13
+    p = gaussian_psf(k, 1.3, n_exp=2)
+    p[..., :2, :] = 0
+    p[..., -2:, :] = 0
+    p[..., :, :2] = 0
+    p[..., :, -2:] = 0
+    e = torch.zeros_like(p)
+    for dy in range(s):
+        for dx in range(s):
+            e += torch.roll(p, shifts=(s // 2 - dy, s // 2 - dx), dims=(-2, -1))
+    e /= s**2
+    g = torch.Generator().manual_seed(7)
+    mass = batched_mass(2, jitter=0.02, generator=g)
+    shifts = 0.02 * torch.randn(2, 2, 2, generator=g, dtype=F64)
+    src, light = torch.rand(2, 2, 16, 16, generator=g, dtype=F64)
+    integrate = small_model_detector("integrate", s)(mass, shifts, src, light, p)
+    sample = small_model_detector("sample", s)(mass, shifts, src, light, e)
+    torch.testing.assert_close(sample, integrate)
+
+
+@pytest.mark.parametrize("which", ["source", "lens_light"])
+def test_sample_detector_operator_adjoint_and_diag(which):
+    fm = small_model_detector("sample")
+    g = torch.Generator().manual_seed(8)
+    mass = batched_mass(2, jitter=0.02, generator=g)
+    shifts = 0.02 * torch.randn(2, 2, 2, generator=g, dtype=F64)
+    psf = torch.rand(2, 2, 6, 6, generator=g, dtype=F64)
+    op = fm.source_operator(mass, shifts, psf) if which == "source" else fm.lens_light_operator(shifts, psf)
+    x = torch.randn(2, 16, 16, generator=g, dtype=F64)
+    y = torch.randn(2, 2, 8, 8, generator=g, dtype=F64)
+    assert (op(x) * y).sum().item() == pytest.approx((x * op.adjoint(y)).sum().item(), rel=1e-12)
+    a = dense_matrix(op, 16)
+    torch.testing.assert_close(op.diag_AAT(), (a**2).sum(-1).reshape(2, 2, 8, 8), rtol=1e-12, atol=1e-14)
+    rowsum = (a @ a.transpose(-1, -2)).sum(-1).reshape(2, 2, 8, 8)
+    torch.testing.assert_close(op.rowsum_AAT(), rowsum)
+    assert (op.rowsum_AAT() >= op.diag_AAT() - 1e-12).all()
+
+
+def test_unknown_detector_is_refused():
+    with pytest.raises(ValueError, match="detector must be one of"):
+        small_model_detector("bin")

@@ -237,3 +237,21 @@ def _stamp_tuples(stamps) -> Sequence[tuple[np.ndarray, tuple[float, float], np.
     if hasattr(stamps, "centres") and hasattr(stamps, "weights"):
         return list(zip(stamps.data, stamps.centres(), stamps.weights(), strict=True))
     return [(d, c, w) for d, c, w in stamps]
+
+
+def effective_psf_kernel(epsf: np.ndarray, oversampling: float, upsample: int, size: int) -> np.ndarray:
+    """An effective PSF (centred on pixel K // 2, `oversampling` samples per detector pixel) as the kernel of the
+    forward model's "sample" detector at `upsample` sub-pixels per detector pixel: [size, size], unit sum.
+
+    The ePSF already holds the pixel response, so it is point-sampled (cubic interpolation), not integrated: kernel
+    pixel m takes the ePSF at (m - size // 2 - 1/2) / upsample detector pixels for even `upsample` (the model reads
+    the sub-pixel just above and right of each pixel centre) and at (m - size // 2) / upsample for odd.
+    """
+    epsf = check_psf(np.asarray(epsf, dtype=np.float64), "effective PSF")
+    k = epsf.shape[-1]
+    half = 0.5 if upsample % 2 == 0 else 0.0
+    offsets = (np.arange(size) - size // 2 - half) / upsample  # detector pixels
+    coords = k // 2 + offsets * oversampling  # ePSF pixel coordinates
+    rows, cols = np.meshgrid(coords, coords, indexing="ij")
+    kernel = ndimage.map_coordinates(epsf, [rows, cols], order=3, mode="constant", cval=0.0)
+    return unit_sum(np.clip(kernel, 0.0, None))

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from .binning import bin_pixels
+from .binning import check_detector, to_detector
 from .grid import ExposureGrid, PixelGrid
 from .interpolation import bilinear_weights, interpolate
 from .mass import ray_trace
@@ -34,14 +34,18 @@ class ForwardModel:
         source: the pixelated source's grid (source plane).
         lens_light: the pixelated lens light's grid (image plane).
         n_terms: power-law series terms (default: by dtype).
+        detector: "integrate" when PSFs are optical PSFs (detector pixels average their sub-pixels), "sample" when
+            they are effective PSFs that include the pixel response (ePSFs from stars); see `binning.py`.
 
     Shapes: mass parameters [B]; shifts [B, n_exp, 2] (arcsec, added to the exposure's sky positions, x then y);
     source [B, n_s, n_s]; lens light [B, n_l, n_l]; psf [n_exp, K, K] or [B, n_exp, K, K] on the supersampled
     grid; output [B, n_exp, H, W] in the images' units (surface brightness per detector pixel).
     """
 
-    def __init__(self, grid: ExposureGrid, source: PixelGrid, lens_light: PixelGrid, n_terms: int | None = None):
+    def __init__(self, grid: ExposureGrid, source: PixelGrid, lens_light: PixelGrid, n_terms: int | None = None,
+                 detector: str = "integrate"):
         self.grid, self.source, self.lens_light, self.n_terms = grid, source, lens_light, n_terms
+        self.detector = check_detector(detector)
 
     @property
     def n_exp(self) -> int:
@@ -82,14 +86,14 @@ class ForwardModel:
         """Model images [B, n_exp, H, W]."""
         self._check(shifts, psf)
         src, light = self.fine(mass, shifts, source, lens_light)
-        return bin_pixels(PSFConvolution(psf, self.grid.fine_shape)(src + light), self.upsample)
+        return to_detector(PSFConvolution(psf, self.grid.fine_shape)(src + light), self.upsample, self.detector)
 
     def components(self, mass, shifts: Tensor, source: Tensor, lens_light: Tensor, psf: Tensor) -> dict[str, Tensor]:
         """The model split into its lensed-source and lens-light parts, each [B, n_exp, H, W] (for figures)."""
         self._check(shifts, psf)
         src, light = self.fine(mass, shifts, source, lens_light)
         conv = PSFConvolution(psf, self.grid.fine_shape)
-        return {"source": bin_pixels(conv(src), self.upsample), "lens_light": bin_pixels(conv(light), self.upsample)}
+        return {k: to_detector(conv(v), self.upsample, self.detector) for k, v in (("source", src), ("lens_light", light))}
 
     def source_operator(self, mass, shifts: Tensor, psf: Tensor) -> ImagingOperator:
         """The linear map source [B, n_s, n_s] -> images for fixed mass, shifts and PSFs."""
@@ -97,7 +101,7 @@ class ForwardModel:
         with torch.no_grad():
             bx, by = self.source_positions(mass, shifts)
             index, weight = bilinear_weights(self.source, bx, by)
-        return ImagingOperator(index, weight, self.source.n, psf.detach(), self.upsample)
+        return ImagingOperator(index, weight, self.source.n, psf.detach(), self.upsample, self.detector)
 
     def lens_light_operator(self, shifts: Tensor, psf: Tensor) -> ImagingOperator:
         """The linear map lens light [B, n_l, n_l] -> images for fixed shifts and PSFs."""
@@ -105,4 +109,4 @@ class ForwardModel:
         with torch.no_grad():
             x, y = self.image_positions(shifts)
             index, weight = bilinear_weights(self.lens_light, x, y)
-        return ImagingOperator(index, weight, self.lens_light.n, psf.detach(), self.upsample)
+        return ImagingOperator(index, weight, self.lens_light.n, psf.detach(), self.upsample, self.detector)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .binning import bin_pixels, unbin_pixels
+from .binning import check_detector, from_detector, to_detector
 from .interpolation import sample, scatter
 from .psf import PSFConvolution
 
@@ -38,13 +38,18 @@ def crop_psf(psf: Tensor, energy: float) -> Tensor:
     return psf[..., c - r : c + r + 1, c - r : c + r + 1]
 
 
-def _footprint_kernel(psf: Tensor, upsample: int) -> Tensor:
-    """Q[m'] = (1/s^2) sum_{d in [0,s)^2} flip(psf)[m' - d]: weight of the ray at footprint offset m' in a detector
-    pixel's value, [..., K + s - 1, K + s - 1]."""
+def _footprint_kernel(psf: Tensor, upsample: int, detector: str = "integrate") -> Tensor:
+    """Q[m'] = sum_d w_d flip(psf)[m' - d]: weight of the ray at footprint offset m' in a detector pixel's value,
+    [..., K + s - 1, K + s - 1]; w = 1/s^2 on every sub-pixel d in [0, s)^2 ("integrate") or 1 on d = (s//2, s//2)
+    ("sample")."""
     k = psf.shape[-1]
     lead = psf.shape[:-2]
     flipped = psf.flip(-2, -1).reshape(-1, 1, k, k)
-    box = torch.ones(1, 1, upsample, upsample, dtype=psf.dtype, device=psf.device) / upsample**2
+    if detector == "integrate":
+        box = torch.ones(1, 1, upsample, upsample, dtype=psf.dtype, device=psf.device) / upsample**2
+    else:  # conv2d correlates: the one-hot weight at s - 1 - s//2 selects d = s // 2
+        box = torch.zeros(1, 1, upsample, upsample, dtype=psf.dtype, device=psf.device)
+        box[..., upsample - 1 - upsample // 2, upsample - 1 - upsample // 2] = 1.0
     q = F.conv2d(F.pad(flipped, (upsample - 1,) * 4), box)
     return q.reshape(*lead, k + upsample - 1, k + upsample - 1)
 
@@ -73,10 +78,14 @@ class ImagingOperator:
         n: side of the pixelated image x.
         psf: [n_exp, K, K] or [B, n_exp, K, K] PSFs on the supersampled grid.
         upsample: s.
+        detector: "integrate" (optical PSF, pixels average their sub-pixels) or "sample" (effective PSF, pixels
+            take the value at their centre); see `binning.py`.
     """
 
-    def __init__(self, index: Tensor, weight: Tensor, n: int, psf: Tensor, upsample: int):
+    def __init__(self, index: Tensor, weight: Tensor, n: int, psf: Tensor, upsample: int,
+                 detector: str = "integrate"):
         self.index, self.weight, self.n, self.psf, self.upsample = index, weight, n, psf, upsample
+        self.detector = check_detector(detector)
         self.fine_shape = tuple(index.shape[-3:-1])
         self.conv = PSFConvolution(psf, self.fine_shape)
 
@@ -90,11 +99,12 @@ class ImagingOperator:
 
     def __call__(self, x: Tensor) -> Tensor:
         """A x, [B, n_exp, H, W]."""
-        return bin_pixels(self.conv(self.fine(x)), self.upsample)
+        return to_detector(self.conv(self.fine(x)), self.upsample, self.detector)
 
     def adjoint(self, y: Tensor) -> Tensor:
         """A^T y, [B, n, n]."""
-        return scatter(self.conv.adjoint(unbin_pixels(y, self.upsample)), self.index, self.weight, self.n)
+        return scatter(self.conv.adjoint(from_detector(y, self.upsample, self.detector)), self.index, self.weight,
+                       self.n)
 
     def diag_AAT(self, psf_energy: float | None = None, max_elements: int = 2**24) -> Tensor:
         """diag(A A^T) per detector pixel, [B, n_exp, H, W]; exact when psf_energy is None.
@@ -105,7 +115,7 @@ class ImagingOperator:
         s, k = self.upsample, psf.shape[-1]
         c = k // 2
         fk = k + s - 1
-        q = _footprint_kernel(psf, s)  # [(B,) n_exp, fk, fk]
+        q = _footprint_kernel(psf, s, self.detector)  # [(B,) n_exp, fk, fk]
         b, e = self.index.shape[:2]
         q = q.expand(b, e, fk, fk)
         # Pad the ray grid so every detector pixel's footprint is a full (fk x fk) window; padded rays weigh 0.
@@ -130,6 +140,14 @@ class ImagingOperator:
                         wi.reshape(n_pix, -1), vals.reshape(n_pix, -1)
                     ).reshape(r1 - r0, w)
         return out
+
+    def rowsum_AAT(self) -> Tensor:
+        """A A^T 1 per detector pixel, [B, n_exp, H, W]: for A >= 0 an upper bound of A A^T in the order of positive
+        semi-definite matrices, when used as a diagonal (diag(M 1) - M is diagonally dominant)."""
+        b, e = self.index.shape[:2]
+        h, w = self.detector_shape
+        ones = torch.ones(b, e, h, w, dtype=self.weight.dtype, device=self.weight.device)
+        return self(self.adjoint(ones))
 
     def norm_estimate(self, n_iter: int = 20, generator: torch.Generator | None = None) -> Tensor:
         """Largest singular value of A per chain [B], by power iteration (for step sizes)."""
