@@ -93,7 +93,8 @@ class ForwardModel:
         self._check(shifts, psf)
         src, light = self.fine(mass, shifts, source, lens_light)
         conv = PSFConvolution(psf, self.grid.fine_shape)
-        return {k: to_detector(conv(v), self.upsample, self.detector) for k, v in (("source", src), ("lens_light", light))}
+        parts = {"source": src, "lens_light": light}
+        return {k: to_detector(conv(v), self.upsample, self.detector) for k, v in parts.items()}
 
     def source_operator(self, mass, shifts: Tensor, psf: Tensor) -> ImagingOperator:
         """The linear map source [B, n_s, n_s] -> images for fixed mass, shifts and PSFs."""
