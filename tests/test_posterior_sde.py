@@ -28,14 +28,28 @@ def gaussian_prior(sde):
     return SimpleNamespace(sde=sde, score=lambda x, t: -x / (1.0 + sde.sigma(t)[:, None, None, None] ** 2))
 
 
-@pytest.mark.parametrize("which, corrector, tol_mean, tol_var", [
+@pytest.mark.parametrize("which, covariance, corrector, tol_mean, tol_var", [
     # A = I: the convolved likelihood is close; its flat-prior approximation of p(x_0 | x_t) biases the mean a little
-    ("lens_light", 0, 0.5, 0.2),
+    ("lens_light", "diag", 0, 0.5, 0.2),
     # lensing + PSF, ill-conditioned: the diagonal of A A^T over-disperses the samples (variance up to ~2x here,
     # ~6x without the Langevin corrector); this bounds that behaviour so a regression shows
-    ("source", 2, 0.8, 1.2),
-])
-def test_samples_against_the_closed_form_posterior(which, corrector, tol_mean, tol_var):
+    ("source", "diag", 2, 0.8, 1.2),
+])  # 400 steps: ~30 s on 2 CPU cores for the three cases
+def test_samples_against_the_closed_form_posterior(which, covariance, corrector, tol_mean, tol_var, steps=400):
+    s, mean, cov = run_problem(which, covariance, corrector, steps)
+    sd = cov.diagonal().sqrt()
+    assert ((s.mean(0) - mean).abs() / sd).max() < tol_mean
+    assert ((s.var(0) / cov.diagonal()).mean() - 1).abs() < tol_var
+
+
+def test_row_sums_keep_a_short_chain_stable_where_the_diagonal_diverges():
+    s, _, _ = run_problem("source", "diag", 0, steps=20)
+    assert not torch.isfinite(s).all() or s.abs().max() > 1e6
+    s, mean, cov = run_problem("source", "rowsum", 0, steps=20)
+    assert torch.isfinite(s).all() and ((s.mean(0) - mean).abs() / cov.diagonal().sqrt()).max() < 20
+
+
+def run_problem(which, covariance, corrector, steps):
     n, b = 6, 256
     grid = ExposureGrid.regular((6, 6), 0.1, 1, n_exp=1, dtype=F64)
     fm = ForwardModel(grid, PixelGrid(n, 0.12), PixelGrid(n, 0.1))
@@ -62,8 +76,6 @@ def test_samples_against_the_closed_form_posterior(which, corrector, tol_mean, t
 
     prior = gaussian_prior(VESDE(1e-3, 30.0))
     rest = torch.zeros(b, 1, 6, 6, dtype=F64)
-    s = sample_component(prior, like, operator(b), rest, flux, x_start=None, t_start=1.0, steps=400,
-                         corrector_steps=corrector, generator=g).reshape(b, -1)
-    sd = cov.diagonal().sqrt()
-    assert ((s.mean(0) - mean).abs() / sd).max() < tol_mean
-    assert ((s.var(0) / cov.diagonal()).mean() - 1).abs() < tol_var
+    s = sample_component(prior, like, operator(b), rest, flux, x_start=None, t_start=1.0, steps=steps,
+                         corrector_steps=corrector, covariance=covariance, generator=g).reshape(b, -1)
+    return s, mean, cov

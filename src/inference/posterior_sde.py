@@ -47,13 +47,25 @@ def posterior_score(
     flux: FluxMap,
     temperature: float = 1.0,
     diag_aat: Tensor | None = None,
+    covariance: str = "diag",
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """score(x [B, 1, n, n], t [B]) of the noised posterior of one pixelated component, in network units.
 
-    `operator` maps flux images [B, n, n] to model images [B, n_exp, H, W] (A, with `.adjoint` and `.diag_AAT`);
-    `rest` [B, n_exp, H, W] is the rest of the model, held fixed.
+    `operator` maps flux images [B, n, n] to model images [B, n_exp, H, W] (A, with `.adjoint`, `.diag_AAT` and
+    `.rowsum_AAT`); `rest` [B, n_exp, H, W] is the rest of the model, held fixed. `covariance` picks the diagonal
+    that stands for A A^T in the convolved likelihood: "diag", its diagonal (Adam et al. 2022), or "rowsum", A A^T 1,
+    which bounds A A^T from above (so the likelihood is never more confident than the exact convolved one) and
+    keeps the score's stiffness near 1/sigma_t^2, so the reverse SDE stays stable at a few tens of steps where
+    neighbouring detector pixels share source pixels.
     """
-    diag = operator.diag_AAT() if diag_aat is None else diag_aat
+    if diag_aat is not None:
+        diag = diag_aat
+    elif covariance == "diag":
+        diag = operator.diag_AAT()
+    elif covariance == "rowsum":
+        diag = operator.rowsum_AAT()
+    else:
+        raise ValueError(f"covariance must be 'diag' or 'rowsum', got {covariance!r}")
     a = flux.scale
     const = operator(torch.full_like(rest[:, 0, :1, :1].expand(-1, operator.n, operator.n), flux.offset))
     rest_all = rest + const
@@ -87,12 +99,14 @@ def sample_component(
     snr: float = 0.16,
     t_min: float = 1e-5,
     temperature: float = 1.0,
+    covariance: str = "diag",
     generator: torch.Generator | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """New flux images [B, n, n] of one component by the reverse posterior SDE from t_start (re-noising x_start,
     flux [B, n, n]) or from t = 1 (x_start None)."""
-    score = posterior_score(prior.score, prior.sde.sigma, likelihood, operator, rest, flux, temperature)
+    score = posterior_score(prior.score, prior.sde.sigma, likelihood, operator, rest, flux, temperature,
+                            covariance=covariance)
     b, n = rest.shape[0], operator.n
     start = None if x_start is None else flux.to_net(x_start)[:, None]
     x = sample_reverse_sde(
