@@ -1,0 +1,120 @@
+"""The Gibbs sampler on a small lens with an analytic Gaussian source prior: stages, recovery, resume."""
+
+import io
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from src.inference.gibbs import GibbsSampler, Problem, Stage
+from src.inference.likelihood import GaussianLikelihood
+from src.inference.parameters import ParameterSpace
+from src.inference.posterior_sde import FluxMap
+from src.lensing.forward import ForwardModel
+from src.lensing.grid import ExposureGrid, PixelGrid
+from src.priors.sde import VESDE
+
+F64 = torch.float64
+P = math.pi
+TRUTH = dict(theta_E=0.8, gamma=1.0, q=0.8, phi=0.5, x0=0.0, y0=0.0, gamma_ext=0.02, phi_ext=0.3,
+             a3=0.0, phi3=0.0, a4=0.0, phi4=0.0)
+PARAMS = dict(theta_E=dict(uniform=[0.3, 2], scale=0.005), gamma=dict(normal=[1, 0.2], scale=0.01),
+              q=dict(uniform=[0.2, 1], scale=0.01), phi=dict(periodic=P, scale=0.02),
+              x0=dict(uniform=[-0.5, 0.5], scale=0.003), y0=dict(uniform=[-0.5, 0.5], scale=0.003),
+              gamma_ext=dict(uniform=[0, 0.3], scale=0.005), phi_ext=dict(periodic=P, scale=0.05),
+              a3=dict(normal=[0, 0.01], scale=0.003), phi3=dict(periodic=2 * P / 3, scale=0.1),
+              a4=dict(normal=[0, 0.01], scale=0.003), phi4=dict(periodic=P / 2, scale=0.1))
+STAGES = [
+    dict(name="init", sweeps=3, temperature=[20, 5], first_t_start=1.0, sde_steps=50, covariance="rowsum",
+         mala_steps=20, burn_in=3),
+    dict(name="anneal", sweeps=8, temperature=[5, 1], sde_steps=30, covariance="rowsum", mala_steps=10, burn_in=4),
+    dict(name="finetune", sweeps=4, temperature=1, t_start=0.2, sde_steps=20, covariance="rowsum", mala_steps=10,
+         record=3),
+]
+
+
+def build():
+    grid = ExposureGrid.regular((24, 24), 0.1, 1, n_exp=2, offsets=torch.tensor([[0.0, 0.0], [0.05, 0.03]]),
+                                dtype=F64)
+    fm = ForwardModel(grid, PixelGrid(16, 0.06), PixelGrid(24, 0.1))
+    xs, ys = PixelGrid(16, 0.06).coordinates(dtype=F64)
+    src = (10 * torch.exp(-((xs - 0.05) ** 2 + (ys + 0.03) ** 2) / (2 * 0.1**2)))[None]
+    a = torch.arange(5, dtype=F64) - 2
+    psf = torch.exp(-(a[:, None] ** 2 + a[None] ** 2) / 2)
+    psf = (psf / psf.sum()).expand(2, 5, 5).clone()
+    truth = {k: torch.tensor([v], dtype=F64) for k, v in TRUTH.items()}
+    img = fm(truth, torch.zeros(1, 2, 2, dtype=F64), src, torch.zeros(1, 24, 24, dtype=F64), psf)[0]
+    g = torch.Generator().manual_seed(1)
+    data = img + 0.1 * torch.randn(img.shape, generator=g, dtype=F64)
+    like = GaussianLikelihood(data, torch.full_like(img, 0.01), torch.ones_like(data, dtype=torch.bool))
+    sde = VESDE(1e-3, 30.0)
+    prior = SimpleNamespace(sde=sde, score=lambda x, t: -x / (1.0 + sde.sigma(t)[:, None, None, None] ** 2))
+    space = ParameterSpace(PARAMS, 2, 0.2, 0.002)
+    problem = Problem(fm, like, space, {"source": prior, "lens_light": None}, {"source": FluxMap(5.0)}, psf)
+    init = dict(TRUTH, theta_E=0.75, q=0.7, gamma_ext=0.0)
+    return GibbsSampler(problem), init
+
+
+@pytest.fixture(scope="module")
+def finished():
+    sampler, init = build()
+    stages = [Stage.from_config(s) for s in STAGES]
+    seen = []
+    state = sampler.run(sampler.initial_state(init, 6, seed=3), stages,
+                        on_sweep=lambda stage, k, m: seen.append((stage.name, k, m)))
+    return sampler, state, seen
+
+
+def test_stages_run_in_order_with_their_schedules(finished):
+    _, state, seen = finished
+    assert [(n, k) for n, k, _ in seen] == [(s["name"], k) for s in STAGES for k in range(s["sweeps"])]
+    temps = [m["temperature"] for n, _, m in seen if n == "anneal"]
+    assert temps[0] == pytest.approx(5.0) and temps[-1] == pytest.approx(1.0)
+    assert all(a > b for a, b in zip(temps, temps[1:], strict=False))
+    assert len(state["records"]) == 3 and state["stage"] == len(STAGES)
+    # MALA adapts toward its target during burn-in, and stays finite
+    accept = [m["acceptance"] for *_, m in seen]
+    assert 0.05 < sum(accept) / len(accept) < 0.95
+    assert all(math.isfinite(c) for *_, m in seen for c in m["chi2"])
+
+
+def test_recovers_the_einstein_radius(finished):
+    sampler, state, seen = finished
+    v = torch.cat([r["v"] for r in state["records"]])
+    mass, _ = sampler.p.space.split(v)
+    assert abs(mass["theta_E"].median().item() - TRUTH["theta_E"]) < 0.02 * TRUTH["theta_E"]
+    assert seen[-1][2]["chi2"][0] < seen[0][2]["chi2"][0]
+
+
+def test_resumed_run_equals_uninterrupted(finished):
+    _, reference, _ = finished
+    sampler, init = build()
+    stages = [Stage.from_config(s) for s in STAGES]
+    saved = {}
+
+    class Killed(Exception):
+        pass
+
+    def save(state, limit=[6]):  # noqa: B006 - a counter shared across calls
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        saved["bytes"] = buf.getvalue()
+        limit[0] -= 1
+        if limit[0] == 0:
+            raise Killed
+
+    with pytest.raises(Killed):
+        sampler.run(sampler.initial_state(init, 6, seed=3), stages, save=save)
+    state = torch.load(io.BytesIO(saved["bytes"]), weights_only=True)
+    sampler, _ = build()
+    state = sampler.run(state, stages)
+    torch.testing.assert_close(state["v"], reference["v"], rtol=0, atol=0)
+    torch.testing.assert_close(state["source"], reference["source"], rtol=0, atol=0)
+
+
+def test_bad_stage_settings_are_named():
+    with pytest.raises(ValueError, match="unknown setting"):
+        Stage.from_config(dict(name="x", sweeps=2, temprature=3))
+    with pytest.raises(ValueError, match="temperatures must be >= 1"):
+        Stage.from_config(dict(name="x", sweeps=2, temperature=[0.5, 1]))
