@@ -1,0 +1,64 @@
+"""Writing posterior samples and their summary (the output contract of DESIGN.md).
+
+`samples.h5`: one 1-D dataset per mass parameter (names of DESIGN.md) and per shift component (shift_<e>_x,
+shift_<e>_y, arcsec), and image stacks `source` [N, n, n], `lens_light` [N, n, n], `psf` [N or n_exp, K, K]
+(fluxes in the data's units per detector pixel; attributes say so). `summary.csv`: columns
+parameter,median,p16,p84, one row per mass parameter. Both are written to a temporary file and renamed, so a
+killed run never leaves a half-written result.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from src.lensing.mass import PARAM_NAMES
+
+
+def _atomic(path: Path):
+    tmp = path.with_name(path.name + ".tmp")
+    return tmp, lambda: os.replace(tmp, path)
+
+
+def write_samples(path: str | Path, params: Mapping[str, np.ndarray], images: Mapping[str, np.ndarray],
+                  attrs: Mapping[str, object] | None = None) -> Path:
+    """Write samples.h5: params {name: [N]}, images {name: [N, ...]} (numpy arrays)."""
+    path = Path(path)
+    tmp, commit = _atomic(path)
+    with h5py.File(tmp, "w") as f:
+        for k, v in params.items():
+            f.create_dataset(k, data=np.asarray(v, dtype=np.float64))
+        for k, v in images.items():
+            f.create_dataset(k, data=np.asarray(v, dtype=np.float32), compression="gzip", compression_opts=4)
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+    commit()
+    return path
+
+
+def summarize(params: Mapping[str, np.ndarray]) -> list[dict]:
+    """Median and 16th/84th percentiles of each mass parameter present."""
+    rows = []
+    for name in PARAM_NAMES:
+        if name in params:
+            p16, med, p84 = np.percentile(np.asarray(params[name], dtype=np.float64), [16, 50, 84])
+            rows.append({"parameter": name, "median": med, "p16": p16, "p84": p84})
+    return rows
+
+
+def write_summary(path: str | Path, params: Mapping[str, np.ndarray]) -> Path:
+    """Write summary.csv with columns parameter,median,p16,p84."""
+    path = Path(path)
+    tmp, commit = _atomic(path)
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["parameter", "median", "p16", "p84"])
+        w.writeheader()
+        for row in summarize(params):
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    commit()
+    return path
