@@ -35,12 +35,18 @@ def default_terms(dtype: torch.dtype, q_min: float = 0.2) -> int:
     return int(math.ceil(math.log(eps * (1.0 - f)) / math.log(f))) + 4
 
 
+Q_FLOOR = 0.1  # flatter lenses than this get the series length of q = 0.1 (their deflections lose precision)
+
+
 def _terms(dtype: torch.dtype, q: Tensor) -> int:
-    """Series length for the flattest lens in q (a host sync), or for q >= 0.2 while compiling."""
+    """Series length for the flattest lens in q (a host sync), or for q >= 0.2 while compiling.
+
+    Samplers propose flat lenses now and then that their prior rejects; the floor keeps those from costing
+    thousands of terms (q -> 0 needs unboundedly many)."""
     if torch.compiler.is_compiling():
         return default_terms(dtype)
     q_min = min(1.0, float(q.detach().min()))
-    return default_terms(dtype, max(q_min, 1e-3))
+    return default_terms(dtype, max(q_min, Q_FLOOR))
 
 
 def _safe_origin(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:

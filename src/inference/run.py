@@ -1,0 +1,144 @@
+"""The inference job behind `python infer.py lens=NAME`: build, sample (resumably), write results and figures.
+
+The sampler state is written to `<run dir>/state.pt` atomically after every Gibbs sweep; running the same command
+again continues from it (the config must be the same: its hash is stored with the state). `resume=false` refuses
+to touch a run folder that already holds a state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from src.errors import InputError
+
+from .figures import make_figures
+from .gibbs import GibbsSampler, Stage
+from .results import write_samples, write_summary
+from .setup import build_problem
+
+log = logging.getLogger(__name__)
+
+_SAMPLING_KEYS = ("lens", "lensing", "sampler", "priors", "flux", "seed", "cutout", "data")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of the settings that decide the samples (not paths, logging or devices)."""
+    plain = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
+             for k in _SAMPLING_KEYS if k in cfg}
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_state(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _device(cfg) -> torch.device:
+    want = cfg.sampler.get("device", "auto")
+    if want == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(want)
+
+
+def infer(cfg: DictConfig, out_dir: str | Path, root: str | Path) -> dict:
+    """Run the whole inference into `out_dir`; returns a summary dict."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    device = _device(cfg)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.sampler.dtype]
+    container = OmegaConf.to_container(cfg, resolve=True)
+    problem, data, geometry = build_problem(container, root, device=device, dtype=dtype)
+    stages = [Stage.from_config(s) for s in container["sampler"]["stages"]]
+    sampler = GibbsSampler(problem, mala_step=cfg.sampler.mala.step_size, target_accept=cfg.sampler.mala.target_accept)
+
+    state_path = out / "state.pt"
+    digest = config_hash(cfg)
+    if state_path.exists():
+        if str(cfg.get("resume", "auto")).lower() in ("false", "no", "never"):
+            raise InputError(f"{state_path} exists and resume=false; choose another run folder or remove it")
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        if state.get("config_hash") != digest:
+            raise InputError(f"{state_path} was written with other sampling settings; use a new run folder")
+        log.info("resuming %s at stage %d, sweep %d", state_path, state["stage"], state["sweep"])
+    else:
+        init = dict(cfg.lens.init)
+        state = sampler.initial_state(init, int(cfg.sampler.chains), int(cfg.seed))
+        state["config_hash"] = digest
+
+    total = sum(s.sweeps for s in stages)
+    done = sum(s.sweeps for s in stages[: state["stage"]]) + state["sweep"]
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                  transient=False) as bar:
+        task = bar.add_task("sampling", total=total, completed=done, info="")
+
+        def on_sweep(stage, k, m):
+            chi2 = ", ".join(f"{c:.2f}" for c in m["chi2"])
+            bar.update(task, advance=1, description=f"{stage.name} {k + 1}/{stage.sweeps}",
+                       info=f"T={m['temperature']:.2f} chi2=[{chi2}] acc={m['acceptance']:.2f}")
+            log.debug("sweep %s", m)
+
+        state = sampler.run(state, stages, save=lambda s: save_state(state_path, s), on_sweep=on_sweep)
+
+    return write_outputs(sampler, state, data, geometry, out, container)
+
+
+def write_outputs(sampler: GibbsSampler, state: dict, data, geometry, out: Path, cfg: dict) -> dict:
+    """samples.h5, summary.csv, chi2.csv and the figures from the recorded sweeps."""
+    records = state["records"]
+    if not records:
+        raise InputError("no sweep was recorded: set `record` > 0 in the last sampler stage")
+    v = torch.cat([r["v"] for r in records]).cpu()
+    names = sampler.p.space.names
+    params = {n: v[:, i].numpy() for i, n in enumerate(names)}
+    images = {k: torch.cat([r[k] for r in records]).cpu().numpy() for k in ("source", "lens_light")}
+    images["psf"] = sampler.p.psf.cpu().numpy()
+    write_samples(out / "samples.h5", params, images,
+                  attrs={"units": f"{data.exposures[0].unit or 'data units'} per detector pixel",
+                         "source_pixel_scale": geometry.source.pixel_scale,
+                         "lens_light_pixel_scale": geometry.lens_light.pixel_scale, "lens": str(data.name)})
+    write_summary(out / "summary.csv", params)
+    # posterior-mean model and its reduced chi^2 per exposure
+    mean_state = {"v": v.mean(0, keepdim=True).to(sampler.p.psf), "source": torch.as_tensor(images["source"]).mean(
+        0, keepdim=True).to(sampler.p.psf), "lens_light": torch.as_tensor(images["lens_light"]).mean(
+        0, keepdim=True).to(sampler.p.psf)}
+    with torch.no_grad():
+        model = sampler.model_images(mean_state)
+        chi2 = sampler.p.likelihood.reduced_chi2(model)[0].cpu().numpy()
+    with (out / "chi2.csv").open("w") as f:
+        f.write("exposure,reduced_chi2\n")
+        for e, c in zip(data.exposures, chi2, strict=True):
+            f.write(f"{e.name},{c:.4f}\n")
+    summary = {"reduced_chi2": chi2.tolist(), "n_samples": int(v.shape[0]),
+               "theta_E_median": float(np.median(params["theta_E"]))}
+    truth = write_truth(cfg, out)
+    make_figures(sampler, mean_state, params, images, data, geometry, out, cfg, truth)
+    log.info("wrote %s: %d samples, reduced chi2 per exposure %s, theta_E median %.4f", out, v.shape[0],
+             np.round(chi2, 3).tolist(), summary["theta_E_median"])
+    return summary
+
+
+def write_truth(cfg: dict, out: Path) -> dict | None:
+    """For a mock lens, copy its true mass parameters to <run dir>/truth.json; returns them (None otherwise)."""
+    lens = cfg.get("lens", {})
+    if "mock" not in lens:
+        return None
+    from src.data.mock import load_truth
+    from src.inference.setup import resolve
+
+    root = resolve(lens["mock"]["out_dir"], resolve(cfg["paths"]["data_dir"], cfg["paths"]["root_dir"]))
+    truth = load_truth(root).meta
+    mass = {k: float(v) for k, v in truth["mass"].items()}
+    (out / "truth.json").write_text(json.dumps({"mass": mass, "shifts": truth.get("shifts")}, indent=2))
+    return mass

@@ -1,0 +1,126 @@
+"""From a composed infer config to a sampling `Problem`: data, model geometry, PSFs, priors and flux maps.
+
+PSFs: a co-add's given PSF, or one ePSF per exposure built from its stars; both are effective PSFs (they include
+the pixel response), so the forward model runs with detector="sample" and the kernel is the ePSF point-sampled
+at the model's sub-pixels (`src.data.epsf.effective_psf_kernel`).
+
+Flux maps: each prior works in its own network units; `flux.<kind>.scale` is the data's units per network unit.
+`auto` takes a robust peak of the data (the `flux.peak_percentile` percentile of the usable pixels) divided by
+`flux.<kind>.net_peak`, the peak a typical image has in the prior's network units.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src.data.coadd import load_lens
+from src.data.epsf import build_epsf, effective_psf_kernel
+from src.data.exposure_set import ExposureSet
+from src.data.stars import StarStamps, find_stars_in_flt, load_star_settings
+from src.errors import InputError
+from src.lensing.forward import ForwardModel
+from src.lensing.geometry import ModelGeometry
+from src.lensing.grid import ExposureGrid
+from src.priors.checkpoint import load_prior
+
+from .gibbs import Problem
+from .likelihood import GaussianLikelihood
+from .parameters import ParameterSpace
+from .posterior_sde import FluxMap
+
+log = logging.getLogger(__name__)
+
+
+def resolve(path: str | Path, root: str | Path) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else Path(root) / p
+
+
+def exposure_psfs(data: ExposureSet, geometry: ModelGeometry, psf_cfg: Mapping) -> np.ndarray:
+    """[n_exp, K, K] effective-PSF kernels on the model's sub-pixel grid (K = geometry.psf_size).
+
+    A given PSF (co-adds) is used as it is. Otherwise the stars of each exposure's file give its ePSF; exposures
+    with fewer than `psf_cfg["min_stars"]` stars share one ePSF from the stars of all exposures.
+    """
+    over = int(psf_cfg["epsf_oversampling"])
+    size = 2 * (geometry.psf_size * over // (2 * geometry.upsample)) + 1  # ePSF pixels spanning the kernel
+    star_settings = load_star_settings(**(psf_cfg.get("stars") or {}))
+    stamps, epsfs = {}, {}
+    for e in data.exposures:
+        if e.psf is not None:
+            epsfs[e.name] = (e.psf, e.psf_oversampling)
+            continue
+        if e.path is None:
+            raise InputError(f"exposure {e.name}: no PSF given and no file to find stars in")
+        found = [st for _, st in find_stars_in_flt(e.path, data.ra, data.dec, settings=star_settings)]
+        stamps[e.name] = StarStamps.concatenate(found, star_settings["stamp_size"])
+    pooled = None
+    for e in data.exposures:
+        if e.name in epsfs:
+            continue
+        own = stamps[e.name]
+        if len(own.data) >= psf_cfg["min_stars"]:
+            epsfs[e.name] = (build_epsf(own, oversampling=over, size=size), over)
+            log.info("%s: ePSF from its %d stars", e.name, len(own.data))
+            continue
+        if pooled is None:
+            everything = StarStamps.concatenate(list(stamps.values()), star_settings["stamp_size"])
+            if len(everything.data) < psf_cfg["min_stars_pooled"]:
+                raise InputError(f"{data.name}: {len(everything.data)} usable stars in all exposures together, "
+                                 f"fewer than {psf_cfg['min_stars_pooled']}; give a PSF or loosen conf/data/stars.yaml")
+            pooled = build_epsf(everything, oversampling=over, size=size)
+            log.info("one ePSF from the %d stars of all exposures", len(everything.data))
+        epsfs[e.name] = (pooled, over)
+    return np.stack([effective_psf_kernel(*epsfs[e.name], geometry.upsample, geometry.psf_size)
+                     for e in data.exposures])
+
+
+def auto_flux(data: ExposureSet, percentile: float, net_peak: float) -> float:
+    """Data units per network unit: a robust peak of the usable pixels over the prior's typical network peak."""
+    vals = np.concatenate([e.data[e.mask] for e in data.exposures])
+    return float(max(np.percentile(vals, percentile), 1e-12) / net_peak)
+
+
+def build_problem(cfg: Mapping, root: str | Path, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32) -> tuple[Problem, ExposureSet, ModelGeometry]:
+    """Everything the sampler needs, from the composed infer config (paths relative to `root`)."""
+    data_dir = resolve(cfg["paths"]["data_dir"], root)
+    data = load_lens(cfg["lens"], data_dir, size=cfg.get("cutout"), dq_bad_bits=cfg["data"]["dq_bad_bits"])
+    scales = {round(e.pixel_scale, 6) for e in data.exposures}
+    geometry = ModelGeometry.from_config(cfg["lensing"], float(np.mean([e.pixel_scale for e in data.exposures])))
+    stacked = data.stacked()
+    as_t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
+    grid = ExposureGrid.from_detector(as_t(stacked["x"]), as_t(stacked["y"]), geometry.upsample)
+    model = ForwardModel(grid, geometry.source, geometry.lens_light, n_terms=geometry.n_terms, detector="sample")
+    likelihood = GaussianLikelihood(as_t(stacked["data"]), as_t(stacked["variance"]),
+                                    torch.as_tensor(stacked["mask"], device=device))
+    psf = as_t(exposure_psfs(data, geometry, cfg["psf"]))
+    log.info("%s: %d exposure(s) of %s pixels at %s arcsec; model upsample %d, PSF %d", data.name, len(data),
+             data.exposures[0].shape, sorted(scales), geometry.upsample, geometry.psf_size)
+
+    s = cfg["sampler"]
+    half = 0.5 * max(data.exposures[0].shape) * min(e.pixel_scale for e in data.exposures)  # arcsec
+    space = ParameterSpace(s["parameters"], len(data), shift_max=s["shifts"]["max"] or half,
+                           shift_scale=s["shifts"]["scale"], fix_first_shift=s["shifts"]["fix_first"])
+    priors, flux = {}, {}
+    for kind, grid_ in (("source", geometry.source), ("lens_light", geometry.lens_light)):
+        pcfg = cfg["priors"].get(kind)
+        if pcfg is None or pcfg.get("path") is None:
+            priors[kind] = None
+            continue
+        prior = load_prior(resolve(pcfg["path"], root), kind=kind, image_size=grid_.n, map_location=device)
+        priors[kind] = prior.to(dtype)
+        fcfg = cfg["flux"][kind]
+        scale = fcfg["scale"]
+        if scale == "auto":
+            scale = auto_flux(data, cfg["flux"]["peak_percentile"], fcfg["net_peak"])
+        flux[kind] = FluxMap(float(scale))
+        log.info("%s prior %s; flux scale %.4g data units per network unit", kind, pcfg["path"], flux[kind].scale)
+    if priors.get("source") is None:
+        raise InputError("priors.source.path is required: the source is sampled with its score prior")
+    return Problem(model, likelihood, space, priors, flux, psf), data, geometry
