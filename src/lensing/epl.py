@@ -124,75 +124,12 @@ def _deflection_frame(u, v, b, t, q, n_terms):
     return amp * om_re, amp * om_im
 
 
-# On the CPU the series runs over blocks of rays that stay in cache; on GPUs one pass over all rays is fastest.
-CPU_BLOCK = 1 << 16
-
-
-def _blocks(tensors, device):
-    """The broadcast shape, the tensors broadcast and flattened (None when one block covers them), and the slices
-    of the blocks to process."""
-    shape = torch.broadcast_shapes(*(x.shape for x in tensors))
-    n = math.prod(shape)
-    step = CPU_BLOCK if device.type == "cpu" else max(n, 1)
-    if n <= step:
-        return shape, None, [slice(0, n)]
-    flat = [x.expand(shape).reshape(-1) for x in tensors]
-    return shape, flat, [slice(i, min(i + step, n)) for i in range(0, n, step)]
-
-
-def _gradients(u, v, b, t, q, n_terms, g_re, g_im, need):
-    """Per-element gradients of the loss with respect to (u, v, b, t, q), same shape as the broadcast inputs."""
-    R, c, s, c2, s2 = _angles(u, v, q)
-    f = (1 - q) / (1 + q)
-    (om_re, om_im), (ot_re, ot_im), (of_re, of_im), (op_re, op_im) = _series(
-        c, s, c2, s2, t, f, n_terms, derivatives=True
-    )
-    bR = b / R
-    amp = 2 * b / (1 + q) * bR ** (t - 1)
-    a_re, a_im = amp * om_re, amp * om_im
-
-    def proj(d_re, d_im):  # Re(conj(G) dalpha) for G = g_re + i g_im
-        return g_re * d_re + g_im * d_im
-
-    grads = [None] * 5
-    if need[0] or need[1]:
-        kappa = (2 - t) / 2 * bR**t
-        # gamma = ((1 - t) alpha - z kappa) / conj(z) = ((1-t) alpha - z kappa) z / |z|^2
-        n_re = (1 - t) * a_re - u * kappa
-        n_im = (1 - t) * a_im - v * kappa
-        zz = u * u + v * v
-        g1 = (n_re * u - n_im * v) / zz
-        g2 = (n_re * v + n_im * u) / zz
-        # dalpha/du = (kappa + g1) + i g2,  dalpha/dv = g2 + i (kappa - g1)
-        grads[0] = proj(kappa + g1, g2)
-        grads[1] = proj(g2, kappa - g1)
-    if need[2]:
-        grads[2] = proj(t * a_re, t * a_im) / b
-    if need[3]:
-        log_bR = torch.log(bR)
-        grads[3] = proj(a_re * log_bR + amp * ot_re, a_im * log_bR + amp * ot_im)
-    if need[4]:
-        dR = q * u * u / R
-        dphi = -u * v / (R * R)
-        df = -2 / (1 + q) ** 2
-        scale = -1 / (1 + q) - (t - 1) * dR / R
-        grads[4] = proj(
-            a_re * scale + amp * (op_re * dphi + of_re * df),
-            a_im * scale + amp * (op_im * dphi + of_im * df),
-        )
-    return grads
-
-
 class _EPLDeflection(torch.autograd.Function):
     """(u, v, b, t, q) -> (alpha_u, alpha_v) in the profile frame, with a hand-written backward."""
 
     @staticmethod
     def forward(u, v, b, t, q, n_terms):
-        shape, flat, blocks = _blocks((u, v, b, t, q), u.device)
-        if len(blocks) == 1:
-            return _deflection_frame(u, v, b, t, q, n_terms)
-        parts = [_deflection_frame(*(x[sl] for x in flat), n_terms) for sl in blocks]
-        return torch.cat([p[0] for p in parts]).reshape(shape), torch.cat([p[1] for p in parts]).reshape(shape)
+        return _deflection_frame(u, v, b, t, q, n_terms)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -203,15 +140,46 @@ class _EPLDeflection(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_re, g_im):
         u, v, b, t, q = ctx.saved_tensors
-        need = ctx.needs_input_grad[:5]
-        shape, flat, blocks = _blocks((u, v, b, t, q, g_re, g_im), u.device)
-        if len(blocks) == 1:
-            grads = _gradients(u, v, b, t, q, ctx.n_terms, g_re, g_im, need)
-        else:
-            parts = [_gradients(*(x[sl] for x in flat[:5]), ctx.n_terms, flat[5][sl], flat[6][sl], need)
-                     for sl in blocks]
-            grads = [None if parts[0][i] is None else torch.cat([p[i] for p in parts]).reshape(shape)
-                     for i in range(5)]
+        n_terms = ctx.n_terms
+        R, c, s, c2, s2 = _angles(u, v, q)
+        f = (1 - q) / (1 + q)
+        (om_re, om_im), (ot_re, ot_im), (of_re, of_im), (op_re, op_im) = _series(
+            c, s, c2, s2, t, f, n_terms, derivatives=True
+        )
+        bR = b / R
+        amp = 2 * b / (1 + q) * bR ** (t - 1)
+        a_re, a_im = amp * om_re, amp * om_im
+
+        def proj(d_re, d_im):  # Re(conj(G) dalpha) for G = g_re + i g_im
+            return g_re * d_re + g_im * d_im
+
+        grads = [None] * 5
+        need = ctx.needs_input_grad
+        if need[0] or need[1]:
+            kappa = (2 - t) / 2 * bR**t
+            # gamma = ((1 - t) alpha - z kappa) / conj(z) = ((1-t) alpha - z kappa) z / |z|^2
+            n_re = (1 - t) * a_re - u * kappa
+            n_im = (1 - t) * a_im - v * kappa
+            zz = u * u + v * v
+            g1 = (n_re * u - n_im * v) / zz
+            g2 = (n_re * v + n_im * u) / zz
+            # dalpha/du = (kappa + g1) + i g2,  dalpha/dv = g2 + i (kappa - g1)
+            grads[0] = proj(kappa + g1, g2)
+            grads[1] = proj(g2, kappa - g1)
+        if need[2]:
+            grads[2] = proj(t * a_re, t * a_im) / b
+        if need[3]:
+            log_bR = torch.log(bR)
+            grads[3] = proj(a_re * log_bR + amp * ot_re, a_im * log_bR + amp * ot_im)
+        if need[4]:
+            dR = q * u * u / R
+            dphi = -u * v / (R * R)
+            df = -2 / (1 + q) ** 2
+            scale = -1 / (1 + q) - (t - 1) * dR / R
+            grads[4] = proj(
+                a_re * scale + amp * (op_re * dphi + of_re * df),
+                a_im * scale + amp * (op_im * dphi + of_im * df),
+            )
         shapes = [x.shape for x in (u, v, b, t, q)]
         out = [None if g is None else _reduce(g, sh) for g, sh in zip(grads, shapes, strict=True)]
         return (*out, None)
