@@ -18,16 +18,15 @@ from __future__ import annotations
 import logging
 import math
 import re
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs import WCS
 
 from src.data.exposure_set import Exposure, ExposureSet
-from src.data.flt import filter_name, lens_pixel, load_exposures, mean_pixel_scale, one_line, require_file
+from src.data.flt import filter_name, lens_pixel, load_exposures, mean_pixel_scale, one_line, read_fits, require_file
 from src.data.masks import load_user_mask
 from src.data.sky_grid import sky_offsets
 from src.errors import InputError
@@ -47,30 +46,24 @@ def read_image(path, what: str = "image") -> tuple[np.ndarray, fits.Header, WCS 
         (data [H, W] float64, its header, its celestial WCS or None when the header has none).
     """
     path = Path(path)
-    require_file(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FITSFixedWarning)
-            warnings.filterwarnings("error", message=".*truncated")  # a short file is an error, not a warning
-            with fits.open(path, memmap=False) as hdul:
-                hdus = [h for h in hdul if getattr(h, "is_image", False) and h.data is not None]
-                sci = [h for h in hdus if h.name == "SCI"]
-                if not hdus:
-                    raise InputError(f"{path}: no HDU holds image data (the {what})")
-                hdu = (sci or hdus)[0]
-                data = np.array(hdu.data, dtype=np.float64)
-                header = hdu.header.copy()
-                wcs = None
-                if "CTYPE1" in header or "CD1_1" in header or "CRVAL1" in header:
-                    try:
-                        wcs = WCS(header, hdul)
-                    except Exception as err:
-                        raise InputError(f"{path}: the header's WCS is unusable ({one_line(err)})") from None
-                    wcs = wcs if wcs.has_celestial and wcs.naxis == 2 else None
-    except InputError:
-        raise
-    except Exception as err:  # corrupt or truncated files fail in many ways inside astropy.io.fits
-        raise InputError(f"{path}: cannot be read as a FITS file ({one_line(err)})") from None
+
+    def reader(hdul):
+        hdus = [h for h in hdul if getattr(h, "is_image", False) and h.data is not None]
+        sci = [h for h in hdus if h.name == "SCI"]
+        if not hdus:
+            raise InputError(f"{path}: no HDU holds image data (the {what})")
+        hdu = (sci or hdus)[0]
+        header = hdu.header.copy()
+        wcs = None
+        if "CTYPE1" in header or "CD1_1" in header or "CRVAL1" in header:
+            try:
+                wcs = WCS(header, hdul)
+            except Exception as err:
+                raise InputError(f"{path}: the header's WCS is unusable ({one_line(err)})") from None
+            wcs = wcs if wcs.has_celestial and wcs.naxis == 2 else None
+        return np.array(hdu.data, dtype=np.float64), header, wcs
+
+    data, header, wcs = read_fits(path, reader)
     if data.ndim != 2:
         raise InputError(f"{path}: the {what} has {data.ndim} dimensions; a 2-D image is needed")
     return data, header, wcs

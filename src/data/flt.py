@@ -155,13 +155,18 @@ def read_flt(path) -> list[Chip]:
         InputError: missing or unreadable file, a chip without ERR or DQ, shapes that differ, no celestial WCS.
     """
     path = Path(path)
+    return read_fits(path, lambda hdul: _chips(path, hdul))
+
+
+def read_fits(path: Path, reader):
+    """`reader(hdul)` on the opened FITS file; a missing, corrupt or truncated file becomes one InputError line."""
     require_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FITSFixedWarning)
             warnings.filterwarnings("error", message=".*truncated")  # a short file is an error, not a warning
             with fits.open(path, memmap=False) as hdul:
-                return _chips(path, hdul)
+                return reader(hdul)
     except InputError:
         raise
     except Exception as err:  # corrupt or truncated files fail in many ways inside astropy.io.fits
