@@ -115,8 +115,10 @@ def test_cutout_sky_grid_matches_astropy_and_a_point_source_lands_at_the_centre(
     assert np.max(np.abs(lin[0].to_value(u.arcsec) - exp.x)) > 0.01
     assert exp.pixel_scale == pytest.approx(SCALE, rel=0.02)
 
+    # no MDRIZSKY in this file: the chip's clipped median (the sky of 10) is subtracted
+    assert np.median(exp.data[:5, :5]) == pytest.approx(0.0, abs=1e-9)
     # the point source's centroid is at the centre pixel + the lens's sub-pixel offset, where the grid is (0, 0)
-    img = exp.data - 10.0
+    img = exp.data
     cr, cc = (float((img * g).sum() / img.sum()) for g in np.mgrid[:size, :size])
     assert abs(cr - size // 2) < 0.5 and abs(cc - size // 2) < 0.5
     assert math.hypot(cr - (row - r0), cc - (col - c0)) < 0.05
@@ -176,7 +178,7 @@ def test_lens_on_chip_two_is_found_there(two_chips):
     chips = read_flt(two_chips)
     assert [c.extver for c in chips] == [1, 2] and chips[1].sci.shape == GAP_SHAPE
     ra, dec = _sky(2, 50.2, 80.7)
-    exp = cut_exposure(chips, ra, dec, 40, BAD_BITS)
+    exp = cut_exposure(chips, ra, dec, 40, BAD_BITS, sky="none")
     assert exp.chip == 2 and exp.origin == (50 - 20, 81 - 20)
     assert np.all(exp.data == 20.0)  # chip 2's values
     assert abs(exp.x[20, 20]) < 0.6 * SCALE and abs(exp.y[20, 20]) < 0.6 * SCALE
@@ -460,3 +462,30 @@ def test_bad_settings_and_h5_files(tmp_path):
     with pytest.raises(InputError) as excinfo:
         prepare_psf(np.ones(5), "psf.npy")
     assert_message(excinfo, "psf.npy", "2-D")
+
+
+def test_sky_subtraction_modes(tmp_path):
+    """MDRIZSKY is subtracted when present; 'median' estimates it; 'none' and a number do what they say; a typo
+    is a one-line error naming the choices."""
+    from src.data.sky import clipped_median
+
+    rng = np.random.default_rng(3)
+    shape = (120, 140)
+    hdr = sip_wcs_header()
+    ra, dec = (float(v) for v in WCS(hdr).all_pix2world([[70.0, 60.0]], 0)[0])
+    sci = 35.0 + rng.normal(0, 2.0, shape)
+    sci[50:70, 60:80] += 500.0  # a bright object: the clipped median ignores it
+    path = write_flt(tmp_path / "jsky0001q_flt.fits", [chip_hdus(sci, hdr)])
+    chips = read_flt(path)
+    raw = chips[0].sci[60 - 8:60 + 8, 70 - 8:70 + 8]
+    none = cut_exposure(chips, ra, dec, 16, BAD_BITS, sky="none")
+    np.testing.assert_array_equal(none.data, raw)
+    med = cut_exposure(chips, ra, dec, 16, BAD_BITS, sky="median")
+    level = float(np.mean(none.data - med.data))
+    assert level == pytest.approx(35.0, abs=0.2)
+    assert level == pytest.approx(clipped_median(chips[0].sci.ravel()))
+    np.testing.assert_allclose(cut_exposure(chips, ra, dec, 16, BAD_BITS, sky=12.5).data, raw - 12.5)
+    chips[0].header["MDRIZSKY"] = 30.0
+    np.testing.assert_allclose(cut_exposure(chips, ra, dec, 16, BAD_BITS, sky="header").data, raw - 30.0)
+    with pytest.raises(InputError, match="data.sky must be one of"):
+        cut_exposure(chips, ra, dec, 16, BAD_BITS, sky="mdrizsky")

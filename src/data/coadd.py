@@ -294,7 +294,8 @@ def _plain(cfg) -> dict:
     return dict(cfg)
 
 
-def load_lens(lens_cfg: Mapping, data_dir, size: int | None = None, dq_bad_bits=None) -> ExposureSet:
+def load_lens(lens_cfg: Mapping, data_dir, size: int | None = None, dq_bad_bits=None,
+              sky="header") -> ExposureSet:
     """The ExposureSet of a lens config (conf/lens/NAME.yaml), whatever form its data take.
 
     The config's data keys (paths relative to `data_dir` unless absolute):
@@ -311,6 +312,7 @@ def load_lens(lens_cfg: Mapping, data_dir, size: int | None = None, dq_bad_bits=
         data_dir: the folder relative paths start from (paths.data_dir).
         size: FLT cutout side in pixels; None takes the config's `cutout` (or its mock's `cutout`).
         dq_bad_bits: DQ bits that mark bad FLT pixels.
+        sky: the sky subtracted from FLT chips (`src.data.sky.sky_level`; conf/data/flt.yaml `sky`).
 
     Raises:
         InputError: a missing file ("PATH: file not found; put ... there or set paths.data_dir"), a config with
@@ -360,7 +362,7 @@ def load_lens(lens_cfg: Mapping, data_dir, size: int | None = None, dq_bad_bits=
             masks = [mask_of(m) for m in cfg["masks"]]
         else:
             masks = mask_of(cfg.get("mask"))
-        return load_exposures(paths, ra, dec, int(size), dq_bad_bits, user_masks=masks, name=name)
+        return load_exposures(paths, ra, dec, int(size), dq_bad_bits, user_masks=masks, name=name, sky=sky)
     if kinds == ["image"]:
         for key in ("noise_map", "psf"):
             if not cfg.get(key):

@@ -33,6 +33,7 @@ from astropy.wcs import WCS, FITSFixedWarning, NoConvergence
 
 from src.data.exposure_set import Chip, Exposure, ExposureSet
 from src.data.masks import load_user_mask
+from src.data.sky import sky_level
 from src.data.sky_grid import cutout_grid, sky_offsets, sky_to_pixel
 from src.errors import InputError
 
@@ -206,7 +207,8 @@ def mean_pixel_scale(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.sqrt(np.abs(dx_dc * dy_dr - dx_dr * dy_dc))))
 
 
-def cut_exposure(chips: Sequence[Chip], ra: float, dec: float, size: int, dq_bits, user_mask=None) -> Exposure:
+def cut_exposure(chips: Sequence[Chip], ra: float, dec: float, size: int, dq_bits, user_mask=None,
+                 sky="header") -> Exposure:
     """The size x size cutout about the lens from the chip that holds it.
 
     Args:
@@ -217,6 +219,7 @@ def cut_exposure(chips: Sequence[Chip], ra: float, dec: float, size: int, dq_bit
         dq_bits: DQ bits that mark bad pixels (a list of bit values or one integer mask; conf/data/flt.yaml).
         user_mask: None, a [size, size] or chip-shaped bool array (True = masked out), or a ds9 region / FITS /
             .npy file (`src.data.masks.load_user_mask`; pixel regions in the chip's pixel coordinates).
+        sky: the sky level to subtract (`src.data.sky.sky_level`: "header", "median", "none" or a number).
 
     Returns:
         The Exposure: data [N, N] float64 in the chip's unit, variance = ERR^2, mask True where DQ is good, SCI
@@ -269,14 +272,17 @@ def cut_exposure(chips: Sequence[Chip], ra: float, dec: float, size: int, dq_bit
                          "user mask)")
     if n_nonfinite:
         log.warning("%s: %d pixels of the cutout have NaN/inf in SCI or ERR; masked", path, n_nonfinite)
+    good_chip = np.isfinite(chip.sci) & ((np.asarray(chip.dq).astype(np.int64) & bad_bits) == 0)
+    background = sky_level(chip.sci, good_chip, chip.header, sky, where=f"{path} (EXTVER {chip.extver})")
+    sci = sci - background
     x, y = cutout_grid(chip.wcs, ra, dec, (size, size), center_pixel=(rc, cc))
     exposure = Exposure(
         name=chip.name, path=path, data=np.where(np.isfinite(sci), sci, 0.0),
         variance=np.where(positive, err**2, 1.0), mask=mask, x=x, y=y, pixel_scale=mean_pixel_scale(x, y),
         unit=chip.unit, exptime=chip.exptime, filter=chip.filter, origin=(r0, c0), chip=chip.extver,
         n_nonfinite=n_nonfinite, wcs=chip.wcs)
-    log.info("%s: %d x %d cutout from chip EXTVER %d at (row %d, col %d); %d of %d pixels used", exposure.name,
-             size, size, chip.extver, r0, c0, int(mask.sum()), mask.size)
+    log.info("%s: %d x %d cutout from chip EXTVER %d at (row %d, col %d); %d of %d pixels used; sky %.4g "
+             "subtracted", exposure.name, size, size, chip.extver, r0, c0, int(mask.sum()), mask.size, background)
     return exposure
 
 
@@ -302,7 +308,7 @@ def check_compatible(exposures: Iterable[Exposure]) -> None:
 
 
 def load_exposures(paths: Sequence, ra: float, dec: float, size: int, dq_bad_bits, user_masks=None,
-                   name: str | None = None) -> ExposureSet:
+                   name: str | None = None, sky="header") -> ExposureSet:
     """Lens cutouts of FLT/FLC exposures as an ExposureSet.
 
     Args:
@@ -313,6 +319,7 @@ def load_exposures(paths: Sequence, ra: float, dec: float, size: int, dq_bad_bit
         user_masks: None, one mask for every exposure (a region file or an array), or a list with one entry
             (None, path or array) per file; see `cut_exposure`.
         name: the lens's name (default: the first file's directory name).
+        sky: the sky to subtract from each chip (see `cut_exposure`).
 
     Raises:
         InputError: as `read_flt` and `cut_exposure`, and when exposures differ in filter, cutout shape or unit.
@@ -324,7 +331,7 @@ def load_exposures(paths: Sequence, ra: float, dec: float, size: int, dq_bad_bit
     exposures = []
     for path, user_mask in zip(paths, masks, strict=True):
         chips = read_flt(path)
-        exposures.append(cut_exposure(chips, ra, dec, size, dq_bad_bits, user_mask))
+        exposures.append(cut_exposure(chips, ra, dec, size, dq_bad_bits, user_mask, sky=sky))
         del chips  # whole chips are large: keep only the cutout
         check_compatible(exposures)
     return ExposureSet(name=name or paths[0].parent.name, ra=float(ra), dec=float(dec), exposures=exposures)

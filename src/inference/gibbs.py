@@ -42,6 +42,8 @@ class Stage:
     t_start: float = 0.3
     first_t_start: float | None = None
     sde_steps: int = 30
+    predictor: str = "euler_maruyama"
+    sigma_end: float | None = None
     corrector_steps: int = 1
     snr: float = 0.16
     covariance: str = "diag"
@@ -65,6 +67,11 @@ class Stage:
             raise ValueError(f"stage {stage.name!r}: temperatures must be >= 1 (1 is the true likelihood)")
         if not 0 < stage.t_start <= 1:
             raise ValueError(f"stage {stage.name!r}: t_start must be in (0, 1]")
+        if stage.sigma_end is not None and not stage.sigma_end > 0:
+            raise ValueError(f"stage {stage.name!r}: sigma_end must be > 0 or null")
+        if stage.record and stage.burn_in > stage.sweeps - stage.record:
+            raise ValueError(f"stage {stage.name!r}: burn-in sweeps (MALA adapting) overlap the recorded ones; "
+                             f"need burn_in <= sweeps - record")
         return stage
 
     def temperature_at(self, k: int) -> float:
@@ -90,6 +97,12 @@ class Problem:
     priors: Mapping[str, object]
     flux: Mapping[str, FluxMap]
     psf: Tensor
+
+    @property
+    def noise(self) -> float:
+        """Median noise standard deviation of the used pixels, data units."""
+        lk = self.likelihood
+        return float(lk.variance[lk.mask].sqrt().median())
 
 
 class GibbsSampler:
@@ -157,6 +170,12 @@ class GibbsSampler:
     def update_mass(self, state: dict, stage: Stage, temperature: float, adapt: bool, gen: torch.Generator) -> None:
         self._ctx = {"v": state["v"], "source": state["source"], "lens_light": state["lens_light"],
                      "temperature": temperature}
+        # the conditional's width scales as sqrt(T) where the likelihood dominates: carry the adapted step along
+        # the temperature schedule rather than leaving it tuned to an earlier, hotter sweep
+        prev = state.get("mala_temperature")
+        if prev is not None and prev != temperature:
+            state["mala_step"] = state["mala_step"] * math.sqrt(temperature / prev)
+        state["mala_temperature"] = float(temperature)
         ms = self.kernel.init(self.p.space.free_part(state["v"]), state["mala_step"])
         ms = MALAState(ms.x, ms.log_prob, ms.grad, ms.step, state["accepted"], state["proposed"], state["nonfinite"],
                        n_adapt=int(state.get("n_adapt", 0)))
@@ -178,9 +197,17 @@ class GibbsSampler:
             op, rest, x = op_s, op_l(state["lens_light"]), state["source"]
         else:
             op, rest, x = op_l, op_s(state["source"]), state["lens_light"]
+        t_min = 1e-5
+        if stage.sigma_end is not None:
+            # end where the diffusion noise is a fraction of the (tempered) data noise: below it the likelihood
+            # fixes the image and further steps barely move it
+            sigma = stage.sigma_end * math.sqrt(temperature) * self.p.noise / self.p.flux[kind].scale
+            t_min = float(prior.sde.t_of_sigma(torch.tensor(sigma, dtype=torch.float64)))
+            t_min = min(max(t_min, 1e-5), 0.5 * t_start)
         state[kind] = sample_component(
             prior, self.p.likelihood, op, rest, self.p.flux[kind], x_start=None if t_start >= 1.0 else x,
-            t_start=t_start, steps=stage.sde_steps, corrector_steps=stage.corrector_steps, snr=stage.snr,
+            t_start=t_start, t_min=t_min, steps=stage.sde_steps, corrector_steps=stage.corrector_steps, snr=stage.snr,
+            predictor=stage.predictor,
             temperature=temperature, covariance=stage.covariance, generator=gen,
         )
 

@@ -97,6 +97,7 @@ def sample_component(
     steps: int,
     corrector_steps: int = 0,
     snr: float = 0.16,
+    predictor: str = "euler_maruyama",
     t_min: float = 1e-5,
     temperature: float = 1.0,
     covariance: str = "diag",
@@ -111,6 +112,7 @@ def sample_component(
     start = None if x_start is None else flux.to_net(x_start)[:, None]
     x = sample_reverse_sde(
         score, prior.sde, (b, 1, n, n), steps=steps, corrector_steps=corrector_steps, snr=snr, t_min=t_min,
+        predictor=predictor,
         t_start=t_start, x_start=start, generator=generator, device=rest.device, dtype=rest.dtype,
         progress=progress,
     )

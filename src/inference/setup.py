@@ -90,18 +90,22 @@ def build_problem(cfg: Mapping, root: str | Path, device: str | torch.device = "
                   dtype: torch.dtype = torch.float32) -> tuple[Problem, ExposureSet, ModelGeometry]:
     """Everything the sampler needs, from the composed infer config (paths relative to `root`)."""
     data_dir = resolve(cfg["paths"]["data_dir"], root)
-    data = load_lens(cfg["lens"], data_dir, size=cfg.get("cutout"), dq_bad_bits=cfg["data"]["dq_bad_bits"])
+    data = load_lens(cfg["lens"], data_dir, size=cfg.get("cutout"), dq_bad_bits=cfg["data"]["dq_bad_bits"],
+                     sky=cfg["data"].get("sky", "header"))
     scales = {round(e.pixel_scale, 6) for e in data.exposures}
-    geometry = ModelGeometry.from_config(cfg["lensing"], float(np.mean([e.pixel_scale for e in data.exposures])))
     stacked = data.stacked()
+    det_scale = float(np.mean([e.pixel_scale for e in data.exposures]))
+    footprint = float(max(np.abs(stacked["x"]).max(), np.abs(stacked["y"]).max())) + det_scale / 2
+    geometry = ModelGeometry.from_config(cfg["lensing"], det_scale, footprint=footprint)
     as_t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
     grid = ExposureGrid.from_detector(as_t(stacked["x"]), as_t(stacked["y"]), geometry.upsample)
     model = ForwardModel(grid, geometry.source, geometry.lens_light, n_terms=geometry.n_terms, detector="sample")
     likelihood = GaussianLikelihood(as_t(stacked["data"]), as_t(stacked["variance"]),
                                     torch.as_tensor(stacked["mask"], device=device))
     psf = as_t(exposure_psfs(data, geometry, cfg["psf"]))
-    log.info("%s: %d exposure(s) of %s pixels at %s arcsec; model upsample %d, PSF %d", data.name, len(data),
-             data.exposures[0].shape, sorted(scales), geometry.upsample, geometry.psf_size)
+    log.info("%s: %d exposure(s) of %s pixels at %s arcsec; model upsample %d, PSF %d; "
+             "lens light %d x %.4f arcsec", data.name, len(data), data.exposures[0].shape, sorted(scales),
+             geometry.upsample, geometry.psf_size, geometry.lens_light.n, geometry.lens_light.pixel_scale)
 
     s = cfg["sampler"]
     half = 0.5 * max(data.exposures[0].shape) * min(e.pixel_scale for e in data.exposures)  # arcsec

@@ -27,8 +27,12 @@ class ModelGeometry:
     diag_psf_energy: float | None = None
 
     @classmethod
-    def from_config(cls, cfg: Mapping, detector_pixel_scale: float) -> ModelGeometry:
-        """Build from a `conf/lensing` mapping for a detector of `detector_pixel_scale` arcsec."""
+    def from_config(cls, cfg: Mapping, detector_pixel_scale: float, footprint: float | None = None) -> ModelGeometry:
+        """Build from a `conf/lensing` mapping for a detector of `detector_pixel_scale` arcsec.
+
+        footprint: the largest |x| or |y| (arcsec, pixel edges included) any exposure's pixel reaches; with
+        `lens_light.pixel_scale` null the lens-light grid is made at least twice that wide.
+        """
         up = cfg["upsample"]
         if int(up) != up or up < 1:
             raise ValueError(f"lensing.upsample must be a positive integer, got {up}")
@@ -39,7 +43,11 @@ class ModelGeometry:
         if psf_size < 1:
             raise ValueError(f"lensing.psf_size must be positive, got {psf_size}")
         src, light = cfg["source"], cfg["lens_light"]
-        light_scale = light.get("pixel_scale") or detector_pixel_scale / up
+        light_scale = light.get("pixel_scale")
+        if light_scale is None:
+            light_scale = detector_pixel_scale / up
+            if footprint is not None:
+                light_scale = max(light_scale, 2.0 * float(footprint) / int(light["n"]))
         energy = cfg.get("diag_psf_energy")
         if energy is not None and not 0 < energy <= 1:
             raise ValueError(f"lensing.diag_psf_energy must be in (0, 1] or null, got {energy}")

@@ -1,0 +1,63 @@
+"""The sky level of a calibrated exposure, to subtract before modelling.
+
+Calibrated ACS FLT/FLC images keep the sky in SCI (AstroDrizzle measures it and records it as MDRIZSKY without
+removing it), and the lens model has no background term, so the loader subtracts a constant per chip:
+
+- "header": the chip's MDRIZSKY keyword (SCI's units), or the "median" estimate where the file has none;
+- "median": the sigma-clipped median of the chip's good pixels (a whole WFC chip is mostly sky);
+- "none": nothing (data already sky-subtracted);
+- a number: that value.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from src.errors import InputError
+
+log = logging.getLogger(__name__)
+
+METHODS = ("header", "median", "none")
+
+
+def clipped_median(values: np.ndarray, n_sigma: float = 3.0, iterations: int = 5) -> float:
+    """Median of finite `values` after iteratively dropping those beyond n_sigma robust deviations (MAD)."""
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return float("nan")
+    for _ in range(iterations):
+        med = np.median(v)
+        sd = 1.4826 * np.median(np.abs(v - med))
+        if sd == 0:
+            break
+        keep = np.abs(v - med) < n_sigma * sd
+        if keep.all():
+            break
+        v = v[keep]
+    return float(np.median(v))
+
+
+def sky_level(sci: np.ndarray, good: np.ndarray, header: dict, method, where: str = "") -> float:
+    """The constant to subtract from a chip's SCI (its units), by `method` (module docstring).
+
+    sci: [H, W] the whole chip; good: [H, W] bool, pixels usable for the estimate (DQ good, finite).
+    """
+    if isinstance(method, bool):
+        raise InputError(f"data.sky must be one of {METHODS} or a number, got {method!r}")
+    if isinstance(method, int | float):
+        return float(method)
+    if method not in METHODS:
+        raise InputError(f"data.sky must be one of {METHODS} or a number, got {method!r}")
+    if method == "none":
+        return 0.0
+    if method == "header":
+        value = header.get("MDRIZSKY")
+        if value is not None and np.isfinite(float(value)):
+            return float(value)
+        log.info("%s: no MDRIZSKY keyword; sky from the chip's clipped median", where)
+    level = clipped_median(sci[good])
+    if not np.isfinite(level):
+        raise InputError(f"{where}: no good pixel to estimate the sky from; set data.sky to a number or 'none'")
+    return level
