@@ -261,10 +261,16 @@ def test_mocks_load_into_a_four_exposure_set_with_cosmic_rays_masked(tmp_path):
 @pytest.mark.skipif(not J1430.is_dir(), reason="shared data not present")
 def test_j1430_coadd_loads_through_its_lens_config():
     cfg = OmegaConf.load(CONF / "lens" / "J1430_drz.yaml")
-    es = load_lens(cfg, SHARED_DATA / "slacs_imaging", size=128, dq_bad_bits=BAD_BITS)
+    # the config crops the co-add to its central `cutout` pixels; without it the whole image is used
+    cropped = load_lens(cfg, SHARED_DATA / "slacs_imaging", size=64, dq_bad_bits=BAD_BITS).exposures[0]
+    assert cropped.shape == (cfg.cutout, cfg.cutout)
+    del cfg["cutout"]
+    es = load_lens(cfg, SHARED_DATA / "slacs_imaging", size=64, dq_bad_bits=BAD_BITS)
     assert len(es) == 1 and es.name == "J1430_drz"
     exp = es.exposures[0]
     assert exp.shape == (301, 301) and exp.pixel_scale == pytest.approx(0.03)
+    np.testing.assert_array_equal(cropped.data, exp.data[150 - 64:150 + 64, 150 - 64:150 + 64])
+    assert (cropped.x[64, 64], cropped.y[64, 64]) == (0.0, 0.0) and cropped.origin == (150 - 64, 150 - 64)
     assert exp.mask.any() and np.all(exp.variance[exp.mask] > 0) and np.all(np.isfinite(exp.data))
     assert exp.psf.shape == (61, 61) and exp.psf.sum() == pytest.approx(1.0, abs=1e-12)
     assert np.unravel_index(np.argmax(exp.psf), exp.psf.shape) == (30, 30)

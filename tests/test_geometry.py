@@ -1,5 +1,6 @@
 """The model geometry config: one place for upsampling, PSF sampling and pixel grids."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,18 @@ def test_bad_values_are_named(change, message):
     cfg.update(change)
     with pytest.raises(ValueError, match=message):
         ModelGeometry.from_config(cfg, detector_pixel_scale=0.05)
+
+
+def test_lens_light_grid_covers_rotated_exposures():
+    """A 128-pixel cutout rotated 30 degrees against north reaches 0.05 * 64 * (cos 30 + sin 30) = 4.37 arcsec
+    from the lens along x: the default lens-light grid widens to cover it, and never gets finer than the rays."""
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF))
+    half = 0.05 * 64 * (math.cos(math.radians(30)) + math.sin(math.radians(30)))
+    geo = ModelGeometry.from_config(cfg, detector_pixel_scale=0.05, footprint=half)
+    assert geo.lens_light.fov == pytest.approx(2 * half)
+    # an unrotated footprint inside the default grid keeps the ray spacing
+    geo = ModelGeometry.from_config(cfg, detector_pixel_scale=0.05, footprint=3.0)
+    assert geo.lens_light.pixel_scale == pytest.approx(0.025)
+    # an explicit pixel scale is kept as given
+    cfg["lens_light"]["pixel_scale"] = 0.02
+    assert ModelGeometry.from_config(cfg, 0.05, footprint=half).lens_light.pixel_scale == 0.02

@@ -118,3 +118,37 @@ def test_bad_stage_settings_are_named():
         Stage.from_config(dict(name="x", sweeps=2, temprature=3))
     with pytest.raises(ValueError, match="temperatures must be >= 1"):
         Stage.from_config(dict(name="x", sweeps=2, temperature=[0.5, 1]))
+    with pytest.raises(ValueError, match="burn_in <= sweeps - record"):
+        Stage.from_config(dict(name="x", sweeps=4, burn_in=3, record=2))
+    with pytest.raises(ValueError, match="sigma_end"):
+        Stage.from_config(dict(name="x", sweeps=2, sigma_end=0.0))
+
+
+def test_sde_ends_at_the_data_noise_and_mala_steps_follow_the_temperature(monkeypatch):
+    """sigma_end: the image update stops where the diffusion noise is that fraction of the tempered data noise
+    (in the prior's units); the MALA step adapted at one temperature is rescaled by sqrt(T'/T) at the next."""
+    import src.inference.gibbs as gibbs
+
+    sampler, init = build()
+    seen = {}
+
+    def fake_sample(prior, likelihood, op, rest, flux, **kw):
+        seen.update(kw, scale=flux.scale)
+        return torch.zeros(rest.shape[0], op.n, op.n, dtype=rest.dtype)
+
+    monkeypatch.setattr(gibbs, "sample_component", fake_sample)
+    state = sampler.initial_state(init, 2, seed=0)
+    stage = Stage(name="x", sweeps=1, t_start=0.9, sigma_end=0.1)
+    sampler.update_image(state, "source", stage, 4.0, 0.9, sampler.generator(state))
+    sde = sampler.p.priors["source"].sde
+    want = 0.1 * math.sqrt(4.0) * 0.1 / 5.0  # noise sd 0.1 (variance 0.01), flux scale 5
+    assert float(sde.sigma(torch.tensor(seen["t_min"], dtype=F64))) == pytest.approx(want, rel=1e-6)
+    # without sigma_end the chain runs to the prior's smallest time
+    sampler.update_image(state, "source", Stage(name="x", sweeps=1), 1.0, 0.9, sampler.generator(state))
+    assert seen["t_min"] == 1e-5
+
+    gen = sampler.generator(state)
+    sampler.update_mass(state, Stage(name="x", sweeps=1, mala_steps=1), 16.0, adapt=False, gen=gen)
+    step = state["mala_step"].clone()
+    sampler.update_mass(state, Stage(name="x", sweeps=1, mala_steps=1), 4.0, adapt=False, gen=gen)
+    torch.testing.assert_close(state["mala_step"], step * 0.5)

@@ -62,6 +62,10 @@ def test_writes_samples_summary_truth_and_figures(smoke_run):
     assert set(json.loads((out / "truth.json").read_text())["mass"]) == set(PARAM_NAMES)
     for name in ("exposures", "source", "corner", "images"):
         assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}.pdf").stat().st_size > 0
+    # W&B (offline) got the per-sweep metrics; without a terminal the log has a line per sweep
+    runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
+    assert "finetune sweep 2/2 (6/6)" in (out / "infer.log").read_text()
 
 
 @pytest.mark.slow
@@ -74,6 +78,18 @@ def test_finished_run_resumes_without_sampling_again(smoke_run):
         assert (f["theta_E"][:] == g["theta_E"][:]).all()
 
 
+def test_slurm_launcher_for_inference_runs_one_lens_per_gpu_job():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="infer", return_hydra_config=True,
+                      overrides=["hydra/launcher=slurm_infer", "lens=J1430", "hydra.launcher.partition=gpu"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (1, 1, 1)
+    assert launcher.name == "scorelens-infer-J1430" and launcher.partition == "gpu"
+
+
 def test_missing_prior_is_one_line(tmp_path):
     proc = run_infer(["lens=mock", "experiment=infer_smoke", f"priors.source.path={tmp_path / 'none.pt'}",
                       f"paths.data_dir={tmp_path / 'data'}", f"paths.log_dir={tmp_path / 'logs'}"], tmp_path,
@@ -81,3 +97,41 @@ def test_missing_prior_is_one_line(tmp_path):
     assert proc.returncode == 2
     err = proc.stdout + proc.stderr
     assert "prior checkpoint not found" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_uninterrupted_result(smoke_run):
+    """SIGKILL mid-sampling loses at most the sweep in progress: running the same command again finishes with
+    exactly the samples of a run never interrupted (CPU, same seed)."""
+    import signal
+    import time
+
+    out, args, tmp, _ = smoke_run
+    longer = [*args, "sampler.stages.1.sweeps=6"]  # long enough to be caught mid-way
+    whole, broken = tmp / "whole", tmp / "broken"
+    run_infer([*longer, f"hydra.run.dir={whole}"], tmp)
+
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "infer.py"), *longer, f"hydra.run.dir={broken}"], cwd=tmp,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_path, done = broken / "state.pt", 0
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state_path.exists():
+            state = torch.load(state_path, weights_only=True)  # written atomically: never half a file
+            done = state["stage"] * 100 + state["sweep"]
+            if done >= 100 + 2:  # in the anneal stage, after its second sweep
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (broken / "samples.h5").exists()
+    killed_at = torch.load(state_path, weights_only=True)
+    assert (killed_at["stage"], killed_at["sweep"]) < (2, 0)
+
+    resumed = run_infer([*longer, f"hydra.run.dir={broken}"], tmp)
+    assert "resuming" in resumed.stdout + resumed.stderr
+    with h5py.File(whole / "samples.h5") as f, h5py.File(broken / "samples.h5") as g:
+        for key in ("theta_E", "q", "shift_1_x", "source", "lens_light"):
+            assert (f[key][:] == g[key][:]).all(), key

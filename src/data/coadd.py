@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from dataclasses import replace
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -310,7 +311,8 @@ def load_lens(lens_cfg: Mapping, data_dir, size: int | None = None, dq_bad_bits=
     Args:
         lens_cfg: the lens config (a Mapping or an OmegaConf node): name, ra, dec (degrees) and the keys above.
         data_dir: the folder relative paths start from (paths.data_dir).
-        size: FLT cutout side in pixels; None takes the config's `cutout` (or its mock's `cutout`).
+        size: FLT cutout side in pixels; None takes the config's `cutout` (or its mock's `cutout`). Co-adds
+            (their pixels differ) take only the config's own `cutout`: their central `cutout` pixels, else all.
         dq_bad_bits: DQ bits that mark bad FLT pixels.
         sky: the sky subtracted from FLT chips (`src.data.sky.sky_level`; conf/data/flt.yaml `sky`).
 
@@ -367,10 +369,19 @@ def load_lens(lens_cfg: Mapping, data_dir, size: int | None = None, dq_bad_bits=
         for key in ("noise_map", "psf"):
             if not cfg.get(key):
                 raise InputError(f"lens config {name}: a co-added 'image' needs '{key}' too")
-        return load_coadd(resolve(cfg["image"], "image"), resolve(cfg["noise_map"], "noise map"),
+        data = load_coadd(resolve(cfg["image"], "image"), resolve(cfg["noise_map"], "noise map"),
                           resolve(cfg["psf"], "PSF"), cfg.get("pixel_scale"), ra=ra, dec=dec, name=name,
                           psf_oversampling=cfg.get("psf_oversampling", 1), user_mask=mask_of(cfg.get("mask")))
-    psf = cfg.get("psf_h5") or cfg.get("psf")
-    return load_lenstronomy_h5(resolve(cfg["h5"], "HDF5 image"), None if psf is None else resolve(psf, "PSF"),
-                               ra=ra, dec=dec, name=name, psf_oversampling=cfg.get("psf_oversampling", 1),
-                               user_mask=mask_of(cfg.get("mask")), filter=cfg.get("filter"))
+    else:
+        psf = cfg.get("psf_h5") or cfg.get("psf")
+        data = load_lenstronomy_h5(resolve(cfg["h5"], "HDF5 image"), None if psf is None else resolve(psf, "PSF"),
+                                   ra=ra, dec=dec, name=name, psf_oversampling=cfg.get("psf_oversampling", 1),
+                                   user_mask=mask_of(cfg.get("mask")), filter=cfg.get("filter"))
+    crop = cfg.get("cutout")  # the co-add's own pixels: the global `size` is in FLT detector pixels
+    if crop is not None:
+        cropped = [e.crop(int(crop)) for e in data.exposures]
+        if any(c.shape != e.shape for c, e in zip(cropped, data.exposures, strict=True)):
+            log.info("%s: co-add cropped from %s to its central %s pixels", name, data.exposures[0].shape,
+                     cropped[0].shape)
+            data = replace(data, exposures=cropped)
+    return data

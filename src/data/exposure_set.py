@@ -6,7 +6,7 @@ lens with its own pixel -> sky grid, and an `ExposureSet` holding them for one l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,17 @@ class Exposure:
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.data.shape)
+
+    def crop(self, size: int) -> Exposure:
+        """The central size x size pixels, keeping the centre pixel (H // 2, W // 2) at the centre (size // 2);
+        the exposure itself when it is not larger."""
+        h, w = self.shape
+        if size >= h and size >= w:
+            return self
+        r0, c0 = max(h // 2 - size // 2, 0), max(w // 2 - size // 2, 0)
+        cut = np.s_[r0:r0 + size, c0:c0 + size]
+        return replace(self, data=self.data[cut], variance=self.variance[cut], mask=self.mask[cut], x=self.x[cut],
+                       y=self.y[cut], origin=(self.origin[0] + r0, self.origin[1] + c0))
 
 
 @dataclass

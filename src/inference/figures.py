@@ -79,17 +79,17 @@ def _source_panel(ax, source: np.ndarray, geometry, caus: list, z_source: float 
                 fontsize=8)
 
 
-def exposure_figure(sampler, mean_state: dict, data, geometry, caus: list, out: Path, z_source) -> None:
-    """Paper Fig. 1 per exposure: data, residuals, model, model without lens light, lens light, source."""
+def exposure_figure(sampler, parts: dict, source: np.ndarray, data, geometry, caus: list, out: Path) -> None:
+    """Paper Fig. 1 per exposure: data, residuals, model, model without lens light, lens light, source.
+
+    parts: the posterior-mean lensed-source and lens-light images, each [n_exp, H, W]; source: [n, n], shown with
+    the caustics."""
     with torch.no_grad():
-        mass, shifts = sampler.p.space.split(mean_state["v"])
-        parts = sampler.p.model.components(mass, shifts, mean_state["source"], mean_state["lens_light"],
-                                           sampler.p.psf)
         model = parts["source"] + parts["lens_light"]
-        resid = sampler.p.likelihood.normalized_residual(model)[0].cpu().numpy()
-    lens_only = parts["lens_light"][0].cpu().numpy()
-    arcs = parts["source"][0].cpu().numpy()
-    full = model[0].cpu().numpy()
+        resid = sampler.p.likelihood.normalized_residual(model[None])[0].cpu().numpy()
+    lens_only = parts["lens_light"].cpu().numpy()
+    arcs = parts["source"].cpu().numpy()
+    full = model.cpu().numpy()
     n = len(data.exposures)
     fig, axes = plt.subplots(n, 6, figsize=(19, 3.2 * n), squeeze=False)
     for e, exp in enumerate(data.exposures):
@@ -106,7 +106,7 @@ def exposure_figure(sampler, mean_state: dict, data, geometry, caus: list, out: 
             a, lo2, hi2 = _log_stretch(arr)
             ax.imshow(a, origin="lower", cmap="gray", vmin=lo2, vmax=hi2)
             ax.set_title(title)
-        _source_panel(row[5], mean_state["source"][0].cpu().numpy(), geometry, caus, None, "source")
+        _source_panel(row[5], source, geometry, caus, None, "source (mean)")
         for ax in row[:5]:
             ax.set_xticks([])
             ax.set_yticks([])
@@ -196,12 +196,13 @@ def images_figure(images: dict, geometry, out: Path) -> None:
     _save(fig, out, "images")
 
 
-def make_figures(sampler, mean_state, params, images, data, geometry, out: Path, cfg: dict,
+def make_figures(sampler, parts, params, images, data, geometry, out: Path, cfg: dict,
                  truth: dict | None = None) -> None:
+    """All figures; parts: the posterior-mean model components (`run.mean_components`)."""
     out = Path(out)
     crit, caus = _curves(params, geometry)
     z_source = cfg.get("lens", {}).get("z_source")
-    exposure_figure(sampler, mean_state, data, geometry, caus, out, z_source)
+    exposure_figure(sampler, parts, np.mean(images["source"], axis=0), data, geometry, caus, out)
     source_figure(np.mean(images["source"], axis=0), geometry, caus, z_source, out)
     corner_figure(params, out, truth)
     images_figure(images, geometry, out)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from .figures import make_figures
 from .gibbs import GibbsSampler, Stage
 from .results import write_samples, write_summary
 from .setup import build_problem
+from .tracking import SweepTracker
 
 log = logging.getLogger(__name__)
 
@@ -78,20 +80,29 @@ def infer(cfg: DictConfig, out_dir: str | Path, root: str | Path) -> dict:
 
     total = sum(s.sweeps for s in stages)
     done = sum(s.sweeps for s in stages[: state["stage"]]) + state["sweep"]
+    tracker = SweepTracker(container.get("wandb"), out, container, name=f"{data.name}/{out.name}")
+    interactive = sys.stderr.isatty()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                  transient=False) as bar:
+                  transient=False, disable=not interactive) as bar:
         task = bar.add_task("sampling", total=total, completed=done, info="")
+        counter = [done]
 
         def on_sweep(stage, k, m):
             chi2 = ", ".join(f"{c:.2f}" for c in m["chi2"])
-            bar.update(task, advance=1, description=f"{stage.name} {k + 1}/{stage.sweeps}",
-                       info=f"T={m['temperature']:.2f} chi2=[{chi2}] acc={m['acceptance']:.2f}")
-            log.debug("sweep %s", m)
+            info = f"T={m['temperature']:.2f} chi2=[{chi2}] acc={m['acceptance']:.2f}"
+            bar.update(task, advance=1, description=f"{stage.name} {k + 1}/{stage.sweeps}", info=info)
+            counter[0] += 1
+            # without a terminal (batch jobs, log files) a line per sweep stands in for the bar
+            (log.debug if interactive else log.info)("%s sweep %d/%d (%d/%d): %s", stage.name, k + 1,
+                                                     stage.sweeps, counter[0], total, info)
+            tracker.sweep(counter[0], m)
 
         state = sampler.run(state, stages, save=lambda s: save_state(state_path, s), on_sweep=on_sweep)
 
-    return write_outputs(sampler, state, data, geometry, out, container)
+    summary = write_outputs(sampler, state, data, geometry, out, container)
+    tracker.finish(summary, sorted(out.glob("*.png")))
+    return summary
 
 
 def write_outputs(sampler: GibbsSampler, state: dict, data, geometry, out: Path, cfg: dict) -> dict:
@@ -109,13 +120,11 @@ def write_outputs(sampler: GibbsSampler, state: dict, data, geometry, out: Path,
                          "source_pixel_scale": geometry.source.pixel_scale,
                          "lens_light_pixel_scale": geometry.lens_light.pixel_scale, "lens": str(data.name)})
     write_summary(out / "summary.csv", params)
-    # posterior-mean model and its reduced chi^2 per exposure
-    mean_state = {"v": v.mean(0, keepdim=True).to(sampler.p.psf), "source": torch.as_tensor(images["source"]).mean(
-        0, keepdim=True).to(sampler.p.psf), "lens_light": torch.as_tensor(images["lens_light"]).mean(
-        0, keepdim=True).to(sampler.p.psf)}
+    # the posterior-mean model (the mean of the samples' model images, not the model of the mean sample: chains
+    # in different modes would blur into a model none of them is) and its reduced chi^2 per exposure
+    parts = mean_components(sampler, v, images["source"], images["lens_light"])
     with torch.no_grad():
-        model = sampler.model_images(mean_state)
-        chi2 = sampler.p.likelihood.reduced_chi2(model)[0].cpu().numpy()
+        chi2 = sampler.p.likelihood.reduced_chi2((parts["source"] + parts["lens_light"])[None])[0].cpu().numpy()
     with (out / "chi2.csv").open("w") as f:
         f.write("exposure,reduced_chi2\n")
         for e, c in zip(data.exposures, chi2, strict=True):
@@ -123,10 +132,25 @@ def write_outputs(sampler: GibbsSampler, state: dict, data, geometry, out: Path,
     summary = {"reduced_chi2": chi2.tolist(), "n_samples": int(v.shape[0]),
                "theta_E_median": float(np.median(params["theta_E"]))}
     truth = write_truth(cfg, out)
-    make_figures(sampler, mean_state, params, images, data, geometry, out, cfg, truth)
+    make_figures(sampler, parts, params, images, data, geometry, out, cfg, truth)
     log.info("wrote %s: %d samples, reduced chi2 per exposure %s, theta_E median %.4f", out, v.shape[0],
              np.round(chi2, 3).tolist(), summary["theta_E_median"])
     return summary
+
+
+@torch.no_grad()
+def mean_components(sampler: GibbsSampler, v: torch.Tensor, source, lens_light, batch: int = 16) -> dict:
+    """Posterior means of the lensed-source and lens-light model images, each [n_exp, H, W], over the samples
+    v [N, D], source [N, n, n], lens_light [N, m, m] (arrays or tensors), `batch` samples at a time."""
+    ref = sampler.p.psf
+    total = {"source": 0.0, "lens_light": 0.0}
+    for i in range(0, v.shape[0], batch):
+        mass, shifts = sampler.p.space.split(v[i:i + batch].to(ref))
+        parts = sampler.p.model.components(mass, shifts, torch.as_tensor(source[i:i + batch]).to(ref),
+                                           torch.as_tensor(lens_light[i:i + batch]).to(ref), ref)
+        for k in total:
+            total[k] = total[k] + parts[k].sum(0)
+    return {k: t / v.shape[0] for k, t in total.items()}
 
 
 def write_truth(cfg: dict, out: Path) -> dict | None:
