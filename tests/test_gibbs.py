@@ -152,3 +152,20 @@ def test_sde_ends_at_the_data_noise_and_mala_steps_follow_the_temperature(monkey
     step = state["mala_step"].clone()
     sampler.update_mass(state, Stage(name="x", sweeps=1, mala_steps=1), 4.0, adapt=False, gen=gen)
     torch.testing.assert_close(state["mala_step"], step * 0.5)
+
+
+def test_posterior_mean_model_is_the_mean_of_the_samples_models():
+    """chi2.csv's model: the average of each sample's model images (chains in different modes must not blur into
+    the model of an average sample), computed in batches."""
+    from src.inference.run import mean_components
+
+    sampler, init = build()
+    state = sampler.initial_state(init, 5, seed=1)
+    g = torch.Generator().manual_seed(0)
+    v = state["v"] + 0.01 * torch.randn(state["v"].shape, generator=g, dtype=F64)
+    source = torch.rand(5, 16, 16, generator=g, dtype=F64)
+    light = torch.rand(5, 24, 24, generator=g, dtype=F64)
+    parts = mean_components(sampler, v, source, light, batch=2)
+    mass, shifts = sampler.p.space.split(v)
+    each = sampler.p.model(mass, shifts, source, light, sampler.p.psf)
+    torch.testing.assert_close(parts["source"] + parts["lens_light"], each.mean(0))

@@ -91,7 +91,7 @@ def exposure_figure(sampler, parts: dict, source: np.ndarray, data, geometry, ca
     arcs = parts["source"].cpu().numpy()
     full = model.cpu().numpy()
     n = len(data.exposures)
-    fig, axes = plt.subplots(n, 6, figsize=(19, 3.2 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 6, figsize=(19, 3.6 * n), squeeze=False)
     for e, exp in enumerate(data.exposures):
         img, lo, hi = _log_stretch(exp.data, exp.mask)
         row = axes[e]

@@ -226,7 +226,8 @@ class GibbsSampler:
         acc = (state["accepted"] - acc0).sum() / (state["proposed"] - prop0).sum().clamp(min=1)
         metrics = {"stage": stage.name, "sweep": k, "temperature": temperature,
                    "chi2": chi2.mean(0).tolist(), "acceptance": float(acc),
-                   "mala_step": float(state["mala_step"].mean())}
+                   "mala_step": float(state["mala_step"].mean()),
+                   "mass": dict(zip(self.p.space.names, state["v"].mean(0).tolist(), strict=True))}
         if k >= stage.sweeps - stage.record:
             state["records"].append({"v": state["v"].clone(), "source": state["source"].clone(),
                                      "lens_light": state["lens_light"].clone()})

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 class SweepTracker:
-    """Logs sampler metrics to W&B when `cfg["enabled"]`; a no-op otherwise.
+    """Logs sampler metrics (and the chains' mean parameters) to W&B when `cfg["enabled"]`; a no-op otherwise.
 
     cfg: {enabled, project, entity, group, tags, mode}; out: the run folder; config: the run's plain config.
     """
@@ -42,6 +42,7 @@ class SweepTracker:
                "mala_step": metrics["mala_step"], "stage": metrics["stage"],
                "chi2_mean": sum(metrics["chi2"]) / len(metrics["chi2"])}
         row.update({f"chi2/exposure_{i}": c for i, c in enumerate(metrics["chi2"])})
+        row.update({f"mass/{k}": v for k, v in metrics.get("mass", {}).items()})  # chain means
         self.run.log(row, step=step)
 
     def finish(self, summary: Mapping, figures: list[Path]) -> None:
