@@ -1,0 +1,160 @@
+"""Time of one Gibbs sweep (source SDE -> mass and shifts by MALA -> lens light SDE) for B chains at once.
+
+The problem is synthetic (a power-law lens, a Gaussian source, a Gaussian lens galaxy, Gaussian PSFs, noise) and
+the score networks are untrained NCSN++ of the configured size: the time of a sweep does not depend on what the
+network has learned. The baseline, timed in the same process, is one score-network call for all chains; the
+ratio sweep / (network calls x baseline) says how much the likelihood, operators and MALA add to the networks.
+
+Paper scale (256x256 priors, 128x128 cutouts upsampled 2x, 4 exposures, 16 chains, conf/sampler/default.yaml's
+annealing stage: 100 SDE steps with a corrector step each, 10 MALA steps):
+    python benchmarks/sweep.py --device cuda
+A quick check on a CPU:
+    python benchmarks/sweep.py --size 32 --cutout 32 --upsample 1 --psf 15 --chains 4 --steps 10 --net tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from src.data.normalization import PixelNorm  # noqa: E402
+from src.inference.gibbs import GibbsSampler, Problem, Stage  # noqa: E402
+from src.inference.likelihood import GaussianLikelihood  # noqa: E402
+from src.inference.parameters import ParameterSpace  # noqa: E402
+from src.inference.posterior_sde import FluxMap  # noqa: E402
+from src.lensing.forward import ForwardModel  # noqa: E402
+from src.lensing.grid import ExposureGrid, PixelGrid  # noqa: E402
+from src.priors.ncsnpp import NCSNpp  # noqa: E402
+from src.priors.prior import ScorePrior  # noqa: E402
+from src.priors.sde import VESDE  # noqa: E402
+
+log = logging.getLogger("sweep")
+TRUTH = dict(theta_E=1.2, gamma=1.0, q=0.8, phi=0.5, x0=0.0, y0=0.0, gamma_ext=0.02, phi_ext=0.3,
+             a3=0.0, phi3=0.0, a4=0.0, phi4=0.0)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=256, help="source and lens-light prior side (pixels)")
+    p.add_argument("--cutout", type=int, default=128, help="detector pixels per exposure side")
+    p.add_argument("--exposures", type=int, default=4)
+    p.add_argument("--upsample", type=int, default=2)
+    p.add_argument("--psf", type=int, default=64, help="PSF side in sub-pixels")
+    p.add_argument("--chains", type=int, default=16)
+    p.add_argument("--steps", type=int, default=100, help="SDE steps per image update")
+    p.add_argument("--corrector", type=int, default=1, help="Langevin corrector steps per SDE step")
+    p.add_argument("--mala-steps", type=int, default=10)
+    p.add_argument("--t-start", type=float, default=0.6)
+    p.add_argument("--net", default="ncsnpp", help="a config of conf/net (ncsnpp, ncsnpp_small, tiny, ...)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--repeats", type=int, default=2, help="timed sweeps (after one untimed warm-up sweep)")
+    return p.parse_args(argv)
+
+
+def make_prior(kind: str, args, sigma_max: float, device, dtype) -> ScorePrior:
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "net" / f"{args.net}.yaml"))
+    cfg.pop("_target_", None)
+    cfg.update(channels=1, resolution=args.size)
+    net = NCSNpp(**cfg)
+    return ScorePrior(net, VESDE(1e-5, sigma_max), kind, PixelNorm()).to(device=device, dtype=dtype).eval()
+
+
+def build(args, device, dtype) -> tuple[GibbsSampler, dict]:
+    pixel = 0.05
+    grid = ExposureGrid.regular((args.cutout, args.cutout), pixel, args.upsample, n_exp=args.exposures,
+                                offsets=0.01 * torch.randn(args.exposures, 2, dtype=torch.float64), dtype=dtype,
+                                device=device)
+    fov = args.cutout * pixel
+    source, light = PixelGrid(args.size, 1.5 * fov / 2 / args.size), PixelGrid(args.size, fov / args.size)
+    model = ForwardModel(grid, source, light)
+    xs, ys = source.coordinates(dtype=dtype, device=device)
+    s = torch.exp(-((xs - 0.05) ** 2 + ys**2) / (2 * 0.1**2))[None]
+    xl, yl = light.coordinates(dtype=dtype, device=device)
+    lt = 5 * torch.exp(-(xl**2 + (yl / 0.8) ** 2) / (2 * 0.3**2))[None]
+    a = torch.arange(args.psf, dtype=dtype, device=device) - args.psf // 2
+    psf = torch.exp(-(a[:, None] ** 2 + a[None] ** 2) / (2 * (1.2 * args.upsample) ** 2))
+    psf = (psf / psf.sum()).expand(args.exposures, -1, -1).contiguous()
+    truth = {k: torch.tensor([v], dtype=dtype, device=device) for k, v in TRUTH.items()}
+    shifts = torch.zeros(1, args.exposures, 2, dtype=dtype, device=device)
+    with torch.no_grad():
+        img = model(truth, shifts, s, lt, psf)[0]
+    noise = 0.02
+    data = img + noise * torch.randn(img.shape, dtype=dtype, device=device)
+    like = GaussianLikelihood(data, torch.full_like(img, noise**2), torch.ones_like(img, dtype=torch.bool))
+    params = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "sampler" / "default.yaml"))["parameters"]
+    space = ParameterSpace(params, args.exposures, fov / 2, 0.002)
+    priors = {"source": make_prior("source", args, 500.0, device, dtype),
+              "lens_light": make_prior("lens_light", args, 200.0, device, dtype)}
+    problem = Problem(model, like, space, priors, {"source": FluxMap(0.3), "lens_light": FluxMap(1.0)}, psf)
+    return GibbsSampler(problem), dict(TRUTH, theta_E=1.15)
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    sampler, init = build(args, device, dtype)
+    stage = Stage(name="bench", sweeps=args.repeats + 1, temperature=(1.0, 1.0), t_start=args.t_start,
+                  sde_steps=args.steps, corrector_steps=args.corrector, covariance="rowsum", sigma_end=0.1,
+                  mala_steps=args.mala_steps, burn_in=args.repeats + 1)
+    state = sampler.initial_state(init, args.chains, seed=0)
+    with torch.no_grad():  # images to re-noise from, as in a running chain
+        for kind in ("source", "lens_light"):
+            sampler.update_image(state, kind, Stage(name="w", sweeps=1, sde_steps=2), 1.0, 1.0,
+                                 sampler.generator(state))
+
+    # baseline: one network call for all chains, per prior
+    x = torch.randn(args.chains, 1, args.size, args.size, device=device, dtype=dtype)
+    t = torch.full((args.chains,), 0.5, device=device, dtype=dtype)
+    call = {}
+    with torch.no_grad():
+        for kind, prior in sampler.p.priors.items():
+            prior.score(x, t)
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(3):
+                prior.score(x, t)
+            sync(device)
+            call[kind] = (time.perf_counter() - t0) / 3
+
+    sampler.sweep(state, stage, 0)  # warm-up
+    sync(device)
+    times = []
+    for k in range(args.repeats):
+        t0 = time.perf_counter()
+        sampler.sweep(state, stage, k + 1)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    sweep = min(times)
+    calls = (args.steps * (1 + args.corrector) + 1) * sum(call.values())  # + the final denoising call
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    log.info("device %s (%s), %s; priors %dx%d (%s), %d exposures of %dx%d (upsample %d), PSF %d, %d chains",
+             device, name, args.dtype, args.size, args.size, args.net, args.exposures, args.cutout, args.cutout,
+             args.upsample, args.psf, args.chains)
+    log.info("stage: %d SDE steps + %d corrector per step, %d MALA steps, t_start %.2f", args.steps,
+             args.corrector, args.mala_steps, args.t_start)
+    log.info("one score-network call, %d chains: source %.1f ms, lens light %.1f ms", args.chains,
+             1e3 * call["source"], 1e3 * call["lens_light"])
+    log.info("one Gibbs sweep: %.3f s (best of %d); network calls alone would take %.3f s: ratio %.2f",
+             sweep, args.repeats, calls, sweep / calls)
+
+
+if __name__ == "__main__":
+    main()
