@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -98,7 +99,7 @@ class Problem:
     flux: Mapping[str, FluxMap]
     psf: Tensor
 
-    @property
+    @cached_property
     def noise(self) -> float:
         """Median noise standard deviation of the used pixels, data units."""
         lk = self.likelihood
