@@ -473,8 +473,6 @@ def test_bad_settings_and_h5_files(tmp_path):
 def test_sky_subtraction_modes(tmp_path):
     """MDRIZSKY is subtracted when present; 'median' estimates it; 'none' and a number do what they say; a typo
     is a one-line error naming the choices."""
-    from src.data.sky import clipped_median
-
     rng = np.random.default_rng(3)
     shape = (120, 140)
     hdr = sip_wcs_header()
@@ -488,8 +486,7 @@ def test_sky_subtraction_modes(tmp_path):
     np.testing.assert_array_equal(none.data, raw)
     med = cut_exposure(chips, ra, dec, 16, BAD_BITS, sky="median")
     level = float(np.mean(none.data - med.data))
-    assert level == pytest.approx(35.0, abs=0.2)
-    assert level == pytest.approx(clipped_median(chips[0].sci.ravel()))
+    assert level == pytest.approx(35.0, abs=0.1)  # the bright object (2.4% of the chip) clipped away
     np.testing.assert_allclose(cut_exposure(chips, ra, dec, 16, BAD_BITS, sky=12.5).data, raw - 12.5)
     chips[0].header["MDRIZSKY"] = 30.0
     np.testing.assert_allclose(cut_exposure(chips, ra, dec, 16, BAD_BITS, sky="header").data, raw - 30.0)

@@ -272,8 +272,8 @@ def cut_exposure(chips: Sequence[Chip], ra: float, dec: float, size: int, dq_bit
                          "user mask)")
     if n_nonfinite:
         log.warning("%s: %d pixels of the cutout have NaN/inf in SCI or ERR; masked", path, n_nonfinite)
-    good_chip = np.isfinite(chip.sci) & ((np.asarray(chip.dq).astype(np.int64) & bad_bits) == 0)
-    background = sky_level(chip.sci, good_chip, chip.header, sky, where=f"{path} (EXTVER {chip.extver})")
+    background = sky_level(chip.sci, lambda: (np.asarray(chip.dq).astype(np.int64) & bad_bits) != 0, chip.header,
+                           sky, where=f"{path} (EXTVER {chip.extver})")
     sci = sci - background
     x, y = cutout_grid(chip.wcs, ra, dec, (size, size), center_pixel=(rc, cc))
     exposure = Exposure(

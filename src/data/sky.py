@@ -12,6 +12,7 @@ removing it), and the lens model has no background term, so the loader subtracts
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 
@@ -22,27 +23,21 @@ log = logging.getLogger(__name__)
 METHODS = ("header", "median", "none")
 
 
-def clipped_median(values: np.ndarray, n_sigma: float = 3.0, iterations: int = 5) -> float:
-    """Median of finite `values` after iteratively dropping those beyond n_sigma robust deviations (MAD)."""
+def clipped_median(values: np.ndarray) -> float:
+    """3-sigma-clipped median of the finite `values` (astropy, as the star finder's chip background); nan if none."""
+    from astropy.stats import sigma_clipped_stats
+
     v = values[np.isfinite(values)]
     if v.size == 0:
         return float("nan")
-    for _ in range(iterations):
-        med = np.median(v)
-        sd = 1.4826 * np.median(np.abs(v - med))
-        if sd == 0:
-            break
-        keep = np.abs(v - med) < n_sigma * sd
-        if keep.all():
-            break
-        v = v[keep]
-    return float(np.median(v))
+    return float(sigma_clipped_stats(v, sigma=3.0, maxiters=10)[1])
 
 
-def sky_level(sci: np.ndarray, good: np.ndarray, header: dict, method, where: str = "") -> float:
+def sky_level(sci: np.ndarray, bad: Callable[[], np.ndarray], header: dict, method, where: str = "") -> float:
     """The constant to subtract from a chip's SCI (its units), by `method` (module docstring).
 
-    sci: [H, W] the whole chip; good: [H, W] bool, pixels usable for the estimate (DQ good, finite).
+    sci: [H, W] the whole chip; bad: returns the [H, W] bool mask of pixels unfit for the estimate (bad DQ), called
+    only when the chip's pixels are needed.
     """
     if isinstance(method, bool):
         raise InputError(f"data.sky must be one of {METHODS} or a number, got {method!r}")
@@ -57,7 +52,7 @@ def sky_level(sci: np.ndarray, good: np.ndarray, header: dict, method, where: st
         if value is not None and np.isfinite(float(value)):
             return float(value)
         log.info("%s: no MDRIZSKY keyword; sky from the chip's clipped median", where)
-    level = clipped_median(sci[good])
+    level = clipped_median(sci[~bad()])
     if not np.isfinite(level):
         raise InputError(f"{where}: no good pixel to estimate the sky from; set data.sky to a number or 'none'")
     return level

@@ -86,17 +86,18 @@ def infer(cfg: DictConfig, out_dir: str | Path, root: str | Path) -> dict:
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                   transient=False, disable=not interactive) as bar:
         task = bar.add_task("sampling", total=total, completed=done, info="")
-        counter = [done]
+        count = done
 
         def on_sweep(stage, k, m):
+            nonlocal count
             chi2 = ", ".join(f"{c:.2f}" for c in m["chi2"])
             info = f"T={m['temperature']:.2f} chi2=[{chi2}] acc={m['acceptance']:.2f}"
             bar.update(task, advance=1, description=f"{stage.name} {k + 1}/{stage.sweeps}", info=info)
-            counter[0] += 1
+            count += 1
             # without a terminal (batch jobs, log files) a line per sweep stands in for the bar
             (log.debug if interactive else log.info)("%s sweep %d/%d (%d/%d): %s", stage.name, k + 1,
-                                                     stage.sweeps, counter[0], total, info)
-            tracker.sweep(counter[0], m)
+                                                     stage.sweeps, count, total, info)
+            tracker.sweep(count, m)
 
         state = sampler.run(state, stages, save=lambda s: save_state(state_path, s), on_sweep=on_sweep)
 
