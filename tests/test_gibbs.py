@@ -169,3 +169,56 @@ def test_posterior_mean_model_is_the_mean_of_the_samples_models():
     mass, shifts = sampler.p.space.split(v)
     each = sampler.p.model(mass, shifts, source, light, sampler.p.psf)
     torch.testing.assert_close(parts["source"] + parts["lens_light"], each.mean(0))
+
+
+def test_psf_step_draws_each_chains_psfs_at_start_and_every_nth_sweep():
+    """With a PSF model, each chain has its own P (drawn when the chain starts and before every `every`-th sweep),
+    and the forward model runs with each chain's kernels."""
+    import numpy as np
+
+    from src.inference.psf_stars import KernelMap, StarList, psf_rows
+    from src.inference.psf_step import PSFModel, PSFStep
+
+    sampler, init = build()
+    p = sampler.p
+    n = 9  # P spans 9 detector pixels (o = 1); the model's kernels are its central 5 x 5
+    a = np.arange(n) - n // 2
+    truth = np.exp(-(a[:, None] ** 2 + a[None] ** 2) / 2)
+    truth /= truth.sum()
+    size = 11
+    pix = np.arange(size, dtype=float)
+    centre = (5.1, 4.8)
+    star = 50.0 * psf_rows(pix - centre[0], n, 1.0, "effective") @ truth @ psf_rows(pix - centre[1], n, 1.0,
+                                                                                      "effective").T
+    stars = StarList(star[None], np.full((1, size, size), 0.01), np.ones((1, size, size), bool),
+                     np.array([centre]), np.array([50.0]), np.ones(1))
+    rows = torch.as_tensor(psf_rows(np.arange(5) - 2, n, 1.0, "effective"), dtype=F64).expand(2, 5, n)
+    kernels = KernelMap(rows, torch.tensor([0, 0]), p.psf)
+    sde = VESDE(1e-3, 1.0)
+    prior = SimpleNamespace(sde=sde, score=lambda x, t: -(x - 1.0) / (1.0 + sde.sigma(t)[:, None, None, None] ** 2),
+                            net=SimpleNamespace(config={"resolution": n}))
+    p.psf_model = PSFModel(prior, FluxMap(0.05), stars, [0], 1, [1.0], "effective", kernels,
+                           PSFStep(every=2, sde_steps=20), dtype=F64)
+    state = sampler.initial_state(init, 3, seed=0)
+    assert state["psf"].shape == (3, 1, n, n) and torch.isfinite(state["psf"]).all()
+    assert not torch.equal(state["psf"][0], state["psf"][1])  # chains draw their own
+    stage = Stage.from_config(dict(name="s", sweeps=3, sde_steps=5, covariance="rowsum", mala_steps=2, record=3))
+    seen = [state["psf"].clone()]
+    for k in range(3):
+        m = sampler.sweep(state, stage, k)
+        seen.append(state["psf"].clone())
+        assert math.isfinite(m["psf_chi2"])
+    # drawn when the chain starts and at the start of the third sweep (after 2 done), not after the last sweep:
+    # a record pairs the images and mass with the P they were drawn under
+    assert torch.equal(seen[0], seen[1]) and torch.equal(seen[1], seen[2]) and not torch.equal(seen[2], seen[3])
+    assert torch.equal(state["records"][-1]["psf"], state["psf"])
+    k = sampler.kernels(state)
+    assert k.shape == (3, 2, 5, 5) and torch.allclose(k[:, 1], state["psf"][:, 0, 2:7, 2:7])
+    mass, shifts = p.space.split(state["v"])
+    assert torch.allclose(sampler.model_images(state),
+                          p.model(mass, shifts, state["source"], state["lens_light"], k))
+    assert all("psf" in r for r in state["records"])
+    # the draws fit the star to its noise (one star at one sub-pixel position leaves P itself partly free, so the
+    # check is on the star's pixels): chi^2 per pixel of order 1, against ~550 for P = 0
+    assert p.psf_model.reduced_chi2(state["psf"]).max() < 3
+    assert p.psf_model.reduced_chi2(torch.zeros_like(state["psf"])).min() > 100

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import h5py
+import numpy as np
 import pytest
 import torch
 
@@ -41,8 +42,9 @@ def smoke_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("infer")
     s = tiny_prior("source", 32, tmp / "source.pt")
     lt = tiny_prior("lens_light", 48, tmp / "lens_light.pt")
+    p = ROOT / "priors" / "demo" / "psf.pt"  # the PSF step samples each chain's PSFs from the mock's stars
     args = ["lens=mock", "experiment=infer_smoke", f"priors.source.path={s}", f"priors.lens_light.path={lt}",
-            f"paths.data_dir={tmp / 'data'}", f"paths.log_dir={tmp / 'logs'}"]
+            f"priors.psf.path={p}", f"paths.data_dir={tmp / 'data'}", f"paths.log_dir={tmp / 'logs'}"]
     proc = run_infer(args, tmp)
     (out,) = (tmp / "logs" / "infer" / "mock").iterdir()
     return out, args, tmp, proc
@@ -56,6 +58,9 @@ def test_writes_samples_summary_truth_and_figures(smoke_run):
         n = f["theta_E"].shape[0]
         assert n == 4 and f["source"].shape == (4, 32, 32) and f["lens_light"].shape == (4, 48, 48)
         assert "shift_1_x" in f
+        # the sampled PSFs: the model's kernels and P on the prior's grid, per sample and exposure
+        assert f["psf"].shape == (4, 4, 15, 15) and f["psf_upsampled"].shape == (4, 4, 32, 32)
+        assert np.isfinite(f["psf"][:]).all() and np.isfinite(f["psf_upsampled"][:]).all()
     with (out / "summary.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["parameter"] for r in rows] == list(PARAM_NAMES)
@@ -65,7 +70,8 @@ def test_writes_samples_summary_truth_and_figures(smoke_run):
     # W&B (offline) got the per-sweep metrics; without a terminal the log has a line per sweep
     runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
-    assert "finetune sweep 2/2 (6/6)" in (out / "infer.log").read_text()
+    text = (out / "infer.log").read_text()
+    assert "finetune sweep 2/2 (6/6)" in text and "stars chi2=" in text
 
 
 @pytest.mark.slow
@@ -133,5 +139,5 @@ def test_killed_run_resumes_to_the_uninterrupted_result(smoke_run):
     resumed = run_infer([*longer, f"hydra.run.dir={broken}"], tmp)
     assert "resuming" in resumed.stdout + resumed.stderr
     with h5py.File(whole / "samples.h5") as f, h5py.File(broken / "samples.h5") as g:
-        for key in ("theta_E", "q", "shift_1_x", "source", "lens_light"):
+        for key in ("theta_E", "q", "shift_1_x", "source", "lens_light", "psf", "psf_upsampled"):
             assert (f[key][:] == g[key][:]).all(), key

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from astropy.cosmology import FlatLambdaCDM  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
 
 from src.lensing.critical import caustics, critical_curves  # noqa: E402
 from src.lensing.mass import PARAM_NAMES  # noqa: E402
@@ -182,18 +183,38 @@ def images_figure(images: dict, geometry, out: Path) -> None:
     fig, axes = plt.subplots(3, 4, figsize=(13, 10))
     for r, (kind, grid) in enumerate(rows):
         stack = np.asarray(images[kind])
+        if kind == "psf":
+            stack, kind = _psf_stack(images)
         med = np.median(stack, axis=0)
         p16, p84 = np.percentile(stack, [16, 84], axis=0)
         width = (p84 - p16) / np.maximum(np.abs(med), 1e-3 * np.abs(med).max() + 1e-30)
         samples = [stack[0], stack[-1]] if len(stack) > 1 else [stack[0], stack[0]]
         extent = _sky_extent(grid) if grid is not None else None
+        # PSFs on a log stretch: their wings and rings, four decades below the core, are what differs
+        norm = LogNorm(vmin=1e-4 * med.max(), vmax=med.max(), clip=True) if kind.startswith("P") and med.max() > 0 \
+            else None
         for c, (arr, title) in enumerate(((med, "median"), (samples[0], "sample"), (samples[1], "sample"))):
-            axes[r, c].imshow(arr, origin="lower", extent=extent, cmap="magma")
+            axes[r, c].imshow(arr, origin="lower", extent=extent, cmap="magma", norm=norm)
             axes[r, c].set_title(f"{kind}: {title}")
         im = axes[r, 3].imshow(np.clip(width, 0, 2), origin="lower", extent=extent, cmap="viridis")
         axes[r, 3].set_title(f"{kind}: 68% width / |median|")
         fig.colorbar(im, ax=axes[r, 3], fraction=0.046)
     _save(fig, out, "images")
+
+
+def _psf_stack(images: dict) -> tuple[np.ndarray, str]:
+    """The PSF samples to show, [N, k, k], and their label: the first sampled exposure's upsampled P when the PSFs
+    were sampled, else the fixed kernels of the exposures side by side as a stack."""
+    up = images.get("psf_upsampled")
+    if up is not None:
+        up = np.asarray(up)
+        for e in range(up.shape[1]):
+            if np.all(np.isfinite(up[:, e])):
+                return up[:, e], f"P, exposure {e + 1}"
+    stack = np.asarray(images["psf"])
+    if stack.ndim == 4:
+        return stack[:, 0], "PSF, exposure 1"
+    return stack, "PSF (fixed), exposures"
 
 
 def make_figures(sampler, parts, params, images, data, geometry, out: Path, cfg: dict,

@@ -6,7 +6,10 @@ One sweep at temperature T (likelihood variance inflated T times):
    < 1, a cheap partial chain) or from pure noise (t_start = 1);
 2. mass and shifts | S, L, P: `mala_steps` MALA steps on the exact (tempered) likelihood times the parameter prior;
 3. lens light L | rest: like S;
-4. PSFs: held at the given PSFs (co-adds, or ePSFs built from the exposures' stars).
+4. PSFs P | stars: with a PSF prior (`psf_step.py`), each chain's P drawn from the stars by the reverse posterior SDE
+   when the chain starts and every `sampler.psf.every` sweeps, as the next sweep opens (so a recorded sweep's
+   images and mass go with the P they were drawn under); without one, the given PSFs (co-adds) or the ePSFs built
+   from the exposures' stars, held fixed.
 
 Stages come from the config (`conf/sampler/`): each has a number of sweeps, a temperature schedule (geometric from
 `temperature[0]` to `temperature[1]`), SDE settings, MALA settings, how many of its first sweeps are burn-in (MALA
@@ -25,12 +28,14 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from src.errors import InputError
 from src.lensing.forward import ForwardModel
 
 from .likelihood import GaussianLikelihood
 from .mala import MALA, MALAState
 from .parameters import ParameterSpace
 from .posterior_sde import FluxMap, sample_component
+from .psf_step import PSFModel
 
 
 @dataclass(frozen=True)
@@ -57,21 +62,21 @@ class Stage:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(cfg) - known)
         if unknown:
-            raise ValueError(f"stage {cfg.get('name')!r}: unknown setting(s) {unknown}; known: {sorted(known)}")
+            raise InputError(f"stage {cfg.get('name')!r}: unknown setting(s) {unknown}; known: {sorted(known)}")
         cfg = dict(cfg)
         t = cfg.get("temperature", 1.0)
         cfg["temperature"] = (float(t), float(t)) if isinstance(t, int | float) else tuple(float(v) for v in t)
         stage = cls(**cfg)
         if stage.sweeps < 1 or not 0 <= stage.burn_in <= stage.sweeps or not 0 <= stage.record <= stage.sweeps:
-            raise ValueError(f"stage {stage.name!r}: need sweeps >= 1 and 0 <= burn_in, record <= sweeps")
+            raise InputError(f"stage {stage.name!r}: need sweeps >= 1 and 0 <= burn_in, record <= sweeps")
         if min(stage.temperature) < 1.0:
-            raise ValueError(f"stage {stage.name!r}: temperatures must be >= 1 (1 is the true likelihood)")
+            raise InputError(f"stage {stage.name!r}: temperatures must be >= 1 (1 is the true likelihood)")
         if not 0 < stage.t_start <= 1:
-            raise ValueError(f"stage {stage.name!r}: t_start must be in (0, 1]")
+            raise InputError(f"stage {stage.name!r}: t_start must be in (0, 1]")
         if stage.sigma_end is not None and not stage.sigma_end > 0:
-            raise ValueError(f"stage {stage.name!r}: sigma_end must be > 0 or null")
+            raise InputError(f"stage {stage.name!r}: sigma_end must be > 0 or null")
         if stage.record and stage.burn_in > stage.sweeps - stage.record:
-            raise ValueError(f"stage {stage.name!r}: burn-in sweeps (MALA adapting) overlap the recorded ones; "
+            raise InputError(f"stage {stage.name!r}: burn-in sweeps (MALA adapting) overlap the recorded ones; "
                              f"need burn_in <= sweeps - record")
         return stage
 
@@ -89,7 +94,8 @@ class Problem:
     """What stays fixed while sampling: the forward model, likelihood, parameter space, priors and flux maps.
 
     priors: {"source": ScorePrior, "lens_light": ScorePrior or None}; flux: {"source": FluxMap, ...};
-    psf: [n_exp, K, K] PSFs on the model's supersampled grid.
+    psf: [n_exp, K, K] PSFs on the model's supersampled grid (the fixed ones; with `psf_model` each chain's own).
+    psf_model: the PSF step (`psf_step.PSFModel`), or None to hold `psf` fixed.
     """
 
     model: ForwardModel
@@ -98,6 +104,7 @@ class Problem:
     priors: Mapping[str, object]
     flux: Mapping[str, FluxMap]
     psf: Tensor
+    psf_model: PSFModel | None = None
 
     @cached_property
     def noise(self) -> float:
@@ -124,7 +131,7 @@ class GibbsSampler:
         shifts = torch.zeros(chains, self.p.model.n_exp, 2, dtype=ref.dtype, device=ref.device)
         v = self.p.space.wrap(self.p.space.vector(mass, shifts))
         gen = torch.Generator(device=ref.device).manual_seed(int(seed))
-        return {
+        state = {
             "v": v,
             "source": torch.zeros(chains, self.p.model.source.n, self.p.model.source.n, dtype=ref.dtype,
                                   device=ref.device),
@@ -140,6 +147,10 @@ class GibbsSampler:
             "records": [],
             "history": [],
         }
+        if self.p.psf_model is not None:
+            state["psf"] = self.p.psf_model.sample(None, chains, gen)
+            state["rng"] = gen.get_state()
+        return state
 
     def generator(self, state: dict) -> torch.Generator:
         gen = torch.Generator(device=self.p.psf.device)
@@ -147,9 +158,15 @@ class GibbsSampler:
         return gen
 
     # --- pieces of a sweep -----------------------------------------------------------------------------------
+    def kernels(self, state: dict) -> Tensor:
+        """The forward model's PSFs: [B, n_exp, K, K] from each chain's P, or the fixed [n_exp, K, K]."""
+        if self.p.psf_model is None or "psf" not in state:
+            return self.p.psf
+        return self.p.psf_model.kernels(state["psf"])
+
     def model_images(self, state: dict) -> Tensor:
         mass, shifts = self.p.space.split(state["v"])
-        return self.p.model(mass, shifts, state["source"], state["lens_light"], self.p.psf)
+        return self.p.model(mass, shifts, state["source"], state["lens_light"], self.kernels(state))
 
     def _log_prob(self, free: Tensor) -> tuple[Tensor, Tensor]:
         ctx = self._ctx
@@ -158,7 +175,7 @@ class GibbsSampler:
             v = self.p.space.embed(free, ctx["v"])
             lp = self.p.space.log_prior(v)
             mass, shifts = self.p.space.split(v)
-            model = self.p.model(mass, shifts, ctx["source"], ctx["lens_light"], self.p.psf)
+            model = self.p.model(mass, shifts, ctx["source"], ctx["lens_light"], ctx["psf"])
             lp = lp + self.p.likelihood.log_prob(model, ctx["temperature"])
             ok = torch.isfinite(lp)
             (grad,) = torch.autograd.grad(torch.where(ok, lp, torch.zeros_like(lp)).sum(), free)
@@ -170,7 +187,7 @@ class GibbsSampler:
 
     def update_mass(self, state: dict, stage: Stage, temperature: float, adapt: bool, gen: torch.Generator) -> None:
         self._ctx = {"v": state["v"], "source": state["source"], "lens_light": state["lens_light"],
-                     "temperature": temperature}
+                     "temperature": temperature, "psf": self.kernels(state)}
         # the conditional's width scales as sqrt(T) where the likelihood dominates: carry the adapted step along
         # the temperature schedule rather than leaving it tuned to an earlier, hotter sweep
         prev = state.get("mala_temperature")
@@ -192,8 +209,9 @@ class GibbsSampler:
         if prior is None:
             return
         mass, shifts = self.p.space.split(state["v"])
-        op_s = self.p.model.source_operator(mass, shifts, self.p.psf)
-        op_l = self.p.model.lens_light_operator(shifts, self.p.psf)
+        psf = self.kernels(state)
+        op_s = self.p.model.source_operator(mass, shifts, psf)
+        op_l = self.p.model.lens_light_operator(shifts, psf)
         if kind == "source":
             op, rest, x = op_s, op_l(state["lens_light"]), state["source"]
         else:
@@ -219,6 +237,13 @@ class GibbsSampler:
         temperature = stage.temperature_at(k)
         t_start = stage.first_t_start if (k == 0 and stage.first_t_start is not None) else stage.t_start
         acc0, prop0 = state["accepted"].clone(), state["proposed"].clone()
+        if self.p.psf_model is not None and self.p.psf_model.due(len(state["history"])):
+            # P closes the previous sweep (S -> M -> L -> P); drawn here, the images and mass of this sweep, and
+            # its record, go with the P they were drawn under
+            new = self.p.psf_model.sample(state["psf"], state["v"].shape[0], gen)
+            # a chain whose draw is not finite keeps its PSFs rather than poisoning its images
+            ok = torch.isfinite(new).flatten(1).all(1)
+            state["psf"] = torch.where(ok[:, None, None, None], new, state["psf"])
         self.update_image(state, "source", stage, temperature, t_start, gen)
         self.update_mass(state, stage, temperature, adapt=k < stage.burn_in, gen=gen)
         self.update_image(state, "lens_light", stage, temperature, t_start, gen)
@@ -229,9 +254,14 @@ class GibbsSampler:
                    "chi2": chi2.mean(0).tolist(), "acceptance": float(acc),
                    "mala_step": float(state["mala_step"].mean()),
                    "mass": dict(zip(self.p.space.names, state["v"].mean(0).tolist(), strict=True))}
+        if "psf" in state:
+            metrics["psf_chi2"] = float(self.p.psf_model.reduced_chi2(state["psf"]).mean())
         if k >= stage.sweeps - stage.record:
-            state["records"].append({"v": state["v"].clone(), "source": state["source"].clone(),
-                                     "lens_light": state["lens_light"].clone()})
+            record = {"v": state["v"].clone(), "source": state["source"].clone(),
+                      "lens_light": state["lens_light"].clone()}
+            if "psf" in state:
+                record["psf"] = state["psf"].clone()
+            state["records"].append(record)
         state["history"].append(metrics)
         return metrics
 

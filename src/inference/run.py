@@ -29,7 +29,7 @@ from .tracking import SweepTracker
 
 log = logging.getLogger(__name__)
 
-_SAMPLING_KEYS = ("lens", "lensing", "sampler", "priors", "flux", "seed", "cutout", "data")
+_SAMPLING_KEYS = ("lens", "lensing", "sampler", "priors", "flux", "seed", "cutout", "data", "psf")
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -92,6 +92,8 @@ def infer(cfg: DictConfig, out_dir: str | Path, root: str | Path) -> dict:
             nonlocal count
             chi2 = ", ".join(f"{c:.2f}" for c in m["chi2"])
             info = f"T={m['temperature']:.2f} chi2=[{chi2}] acc={m['acceptance']:.2f}"
+            if "psf_chi2" in m:
+                info += f" stars chi2={m['psf_chi2']:.2f}"
             bar.update(task, advance=1, description=f"{stage.name} {k + 1}/{stage.sweeps}", info=info)
             count += 1
             # without a terminal (batch jobs, log files) a line per sweep stands in for the bar
@@ -115,7 +117,21 @@ def write_outputs(sampler: GibbsSampler, state: dict, data, geometry, out: Path,
     names = sampler.p.space.names
     params = {n: v[:, i].numpy() for i, n in enumerate(names)}
     images = {k: torch.cat([r[k] for r in records]).cpu().numpy() for k in ("source", "lens_light")}
-    images["psf"] = sampler.p.psf.cpu().numpy()
+    kernels = None
+    if "psf" in records[0]:
+        # each sample's PSFs: the forward model's kernels [N, n_exp, K, K] and P itself on the PSF prior's grid
+        pm = sampler.p.psf_model
+        up = torch.cat([r["psf"] for r in records])  # [N, G, n, n]
+        kernels = pm.kernels(up)
+        group = pm.kernels.group.cpu()
+        per_exp = torch.full((up.shape[0], len(group), pm.n, pm.n), float("nan"), dtype=up.dtype)
+        for e, g in enumerate(group.tolist()):
+            if g >= 0:
+                per_exp[:, e] = up[:, g].cpu()
+        images["psf"] = kernels.cpu().numpy()
+        images["psf_upsampled"] = per_exp.numpy()
+    else:
+        images["psf"] = sampler.p.psf.cpu().numpy()
     write_samples(out / "samples.h5", params, images,
                   attrs={"units": f"{data.exposures[0].unit or 'data units'} per detector pixel",
                          "source_pixel_scale": geometry.source.pixel_scale,
@@ -123,7 +139,7 @@ def write_outputs(sampler: GibbsSampler, state: dict, data, geometry, out: Path,
     write_summary(out / "summary.csv", params)
     # the posterior-mean model (the mean of the samples' model images, not the model of the mean sample: chains
     # in different modes would blur into a model none of them is) and its reduced chi^2 per exposure
-    parts = mean_components(sampler, v, images["source"], images["lens_light"])
+    parts = mean_components(sampler, v, images["source"], images["lens_light"], kernels)
     with torch.no_grad():
         chi2 = sampler.p.likelihood.reduced_chi2((parts["source"] + parts["lens_light"])[None])[0].cpu().numpy()
     with (out / "chi2.csv").open("w") as f:
@@ -140,15 +156,17 @@ def write_outputs(sampler: GibbsSampler, state: dict, data, geometry, out: Path,
 
 
 @torch.no_grad()
-def mean_components(sampler: GibbsSampler, v: torch.Tensor, source, lens_light, batch: int = 16) -> dict:
+def mean_components(sampler: GibbsSampler, v: torch.Tensor, source, lens_light, psf=None, batch: int = 16) -> dict:
     """Posterior means of the lensed-source and lens-light model images, each [n_exp, H, W], over the samples
-    v [N, D], source [N, n, n], lens_light [N, m, m] (arrays or tensors), `batch` samples at a time."""
+    v [N, D], source [N, n, n], lens_light [N, m, m] (arrays or tensors) with their PSF kernels psf
+    [N, n_exp, K, K] (None: the fixed PSFs), `batch` samples at a time."""
     ref = sampler.p.psf
     total = {"source": 0.0, "lens_light": 0.0}
     for i in range(0, v.shape[0], batch):
         mass, shifts = sampler.p.space.split(v[i:i + batch].to(ref))
+        kernel = ref if psf is None else torch.as_tensor(psf[i:i + batch]).to(ref)
         parts = sampler.p.model.components(mass, shifts, torch.as_tensor(source[i:i + batch]).to(ref),
-                                           torch.as_tensor(lens_light[i:i + batch]).to(ref), ref)
+                                           torch.as_tensor(lens_light[i:i + batch]).to(ref), kernel)
         for k in total:
             total[k] = total[k] + parts[k].sum(0)
     return {k: t / v.shape[0] for k, t in total.items()}

@@ -1,8 +1,9 @@
 """From a composed infer config to a sampling `Problem`: data, model geometry, PSFs, priors and flux maps.
 
-PSFs: a co-add's given PSF, or one ePSF per exposure built from its stars; both are effective PSFs (they include
-the pixel response), so the forward model runs with detector="sample" and the kernel is the ePSF point-sampled
-at the model's sub-pixels (`src.data.epsf.effective_psf_kernel`).
+PSFs (`psf_setup.py`): a co-add's given PSF, or one ePSF per exposure built from its stars; both are effective PSFs
+(they include the pixel response), so the forward model runs with detector="sample" and the kernel is the ePSF
+point-sampled at the model's sub-pixels (`src.data.epsf.effective_psf_kernel`). With a PSF prior, the PSF step's
+model replaces them by each chain's own draws.
 
 Flux maps: each prior works in its own network units; `flux.<kind>.scale` is the data's units per network unit.
 `auto` takes a robust peak of the data (the `flux.peak_percentile` percentile of the usable pixels) divided by
@@ -19,9 +20,7 @@ import numpy as np
 import torch
 
 from src.data.coadd import load_lens
-from src.data.epsf import build_epsf, effective_psf_kernel
 from src.data.exposure_set import ExposureSet
-from src.data.stars import StarStamps, find_stars_in_flt, load_star_settings
 from src.errors import InputError
 from src.lensing.forward import ForwardModel
 from src.lensing.geometry import ModelGeometry
@@ -32,6 +31,7 @@ from .gibbs import Problem
 from .likelihood import GaussianLikelihood
 from .parameters import ParameterSpace
 from .posterior_sde import FluxMap
+from .psf_setup import exposure_psfs, psf_model
 
 log = logging.getLogger(__name__)
 
@@ -39,45 +39,6 @@ log = logging.getLogger(__name__)
 def resolve(path: str | Path, root: str | Path) -> Path:
     p = Path(path)
     return p if p.is_absolute() else Path(root) / p
-
-
-def exposure_psfs(data: ExposureSet, geometry: ModelGeometry, psf_cfg: Mapping) -> np.ndarray:
-    """[n_exp, K, K] effective-PSF kernels on the model's sub-pixel grid (K = geometry.psf_size).
-
-    A given PSF (co-adds) is used as it is. Otherwise the stars of each exposure's file give its ePSF; exposures
-    with fewer than `psf_cfg["min_stars"]` stars share one ePSF from the stars of all exposures.
-    """
-    over = int(psf_cfg["epsf_oversampling"])
-    size = 2 * (geometry.psf_size * over // (2 * geometry.upsample)) + 1  # ePSF pixels spanning the kernel
-    star_settings = load_star_settings(**(psf_cfg.get("stars") or {}))
-    stamps, epsfs = {}, {}
-    for e in data.exposures:
-        if e.psf is not None:
-            epsfs[e.name] = (e.psf, e.psf_oversampling)
-            continue
-        if e.path is None:
-            raise InputError(f"exposure {e.name}: no PSF given and no file to find stars in")
-        found = [st for _, st in find_stars_in_flt(e.path, data.ra, data.dec, settings=star_settings)]
-        stamps[e.name] = StarStamps.concatenate(found, star_settings["stamp_size"])
-    pooled = None
-    for e in data.exposures:
-        if e.name in epsfs:
-            continue
-        own = stamps[e.name]
-        if len(own.data) >= psf_cfg["min_stars"]:
-            epsfs[e.name] = (build_epsf(own, oversampling=over, size=size), over)
-            log.info("%s: ePSF from its %d stars", e.name, len(own.data))
-            continue
-        if pooled is None:
-            everything = StarStamps.concatenate(list(stamps.values()), star_settings["stamp_size"])
-            if len(everything.data) < psf_cfg["min_stars_pooled"]:
-                raise InputError(f"{data.name}: {len(everything.data)} usable stars in all exposures together, "
-                                 f"fewer than {psf_cfg['min_stars_pooled']}; give a PSF or loosen conf/data/stars.yaml")
-            pooled = build_epsf(everything, oversampling=over, size=size)
-            log.info("one ePSF from the %d stars of all exposures", len(everything.data))
-        epsfs[e.name] = (pooled, over)
-    return np.stack([effective_psf_kernel(*epsfs[e.name], geometry.upsample, geometry.psf_size)
-                     for e in data.exposures])
 
 
 def auto_flux(data: ExposureSet, percentile: float, net_peak: float) -> float:
@@ -102,7 +63,8 @@ def build_problem(cfg: Mapping, root: str | Path, device: str | torch.device = "
     model = ForwardModel(grid, geometry.source, geometry.lens_light, n_terms=geometry.n_terms, detector="sample")
     likelihood = GaussianLikelihood(as_t(stacked["data"]), as_t(stacked["variance"]),
                                     torch.as_tensor(stacked["mask"], device=device))
-    psf = as_t(exposure_psfs(data, geometry, cfg["psf"]))
+    psfs = exposure_psfs(data, geometry, cfg["psf"])
+    psf = as_t(psfs.kernels)
     log.info("%s: %d exposure(s) of %s pixels at %s arcsec; model upsample %d, PSF %d; "
              "lens light %d x %.4f arcsec", data.name, len(data), data.exposures[0].shape, sorted(scales),
              geometry.upsample, geometry.psf_size, geometry.lens_light.n, geometry.lens_light.pixel_scale)
@@ -127,4 +89,7 @@ def build_problem(cfg: Mapping, root: str | Path, device: str | torch.device = "
         log.info("%s prior %s; flux scale %.4g data units per network unit", kind, pcfg["path"], flux[kind].scale)
     if priors.get("source") is None:
         raise InputError("priors.source.path is required: the source is sampled with its score prior")
-    return Problem(model, likelihood, space, priors, flux, psf), data, geometry
+    psf_path = (cfg["priors"].get("psf") or {}).get("path")
+    psf_step = psf_model(cfg, psfs, data, geometry, None if psf_path is None else resolve(psf_path, root), device,
+                         dtype)
+    return Problem(model, likelihood, space, priors, flux, psf, psf_step), data, geometry

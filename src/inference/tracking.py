@@ -43,6 +43,8 @@ class SweepTracker:
                "chi2_mean": sum(metrics["chi2"]) / len(metrics["chi2"])}
         row.update({f"chi2/exposure_{i}": c for i, c in enumerate(metrics["chi2"])})
         row.update({f"mass/{k}": v for k, v in metrics.get("mass", {}).items()})  # chain means
+        if "psf_chi2" in metrics:  # the stars' reduced chi^2 under the chains' PSFs
+            row["psf/star_chi2"] = metrics["psf_chi2"]
         self.run.log(row, step=step)
 
     def finish(self, summary: Mapping, figures: list[Path]) -> None:
