@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import shlex
 import statistics
 import sys
@@ -52,6 +51,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import device_name, synchronize  # noqa: E402
 from src.lensing.epl import _terms as eager_series_terms  # noqa: E402  (ours' own choice, to match it exactly)
 from src.lensing.epl import default_terms  # noqa: E402
 from src.lensing.forward import ForwardModel  # noqa: E402
@@ -317,24 +317,6 @@ class Result:
     @property
     def images_per_s(self) -> float | None:
         return None if self.seconds is None else self.batch * self.n_exp / self.seconds
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model} ({torch.get_num_threads()} threads)"
 
 
 def _timed(step: Callable[[], object], device: torch.device) -> float:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import device_name, synchronize  # noqa: E402
 from src.priors.ncsnpp import NCSNpp  # noqa: E402
 
 SIGMA_MIN, SIGMA_MAX = 1e-2, 50.0
@@ -63,24 +63,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def int_list(text: str) -> list[int]:
     return [int(t) for t in text.split(",") if t.strip()]
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model} ({torch.get_num_threads()} threads)"
 
 
 def bf16_supported(device: torch.device) -> bool:

@@ -1,12 +1,14 @@
-"""Time of one Gibbs sweep (source SDE -> mass and shifts by MALA -> lens light SDE) for B chains at once.
+"""Time of one Gibbs sweep (source SDE -> mass and shifts by MALA -> lens light SDE -> PSFs from stars) for B chains.
 
-The problem is synthetic (a power-law lens, a Gaussian source, a Gaussian lens galaxy, Gaussian PSFs, noise) and
-the score networks are untrained NCSN++ of the configured size: the time of a sweep does not depend on what the
-network has learned. The baseline, timed in the same process, is one score-network call for all chains; the
-ratio sweep / (network calls x baseline) says how much the likelihood, operators and MALA add to the networks.
+The problem is synthetic (a power-law lens, a Gaussian source, a Gaussian lens galaxy, Gaussian PSFs, stars made
+with them, noise) and the score networks are untrained NCSN++ of the configured size: the time of a sweep does not
+depend on what the network has learned. The baseline, timed in the same process, is one score-network call for all
+chains; the ratio sweep / (network calls x baseline) says how much the likelihood, operators and MALA add to the
+networks.
 
-Paper scale (256x256 priors, 128x128 cutouts upsampled 2x, 4 exposures, 16 chains, conf/sampler/default.yaml's
-annealing stage: 100 SDE steps with a corrector step each, 10 MALA steps):
+Paper scale (256x256 priors, 128x128 cutouts upsampled 2x, 4 exposures, 16 chains, 128x128 PSF prior at 4
+sub-pixels per detector pixel with 5 stars per exposure, conf/sampler/default.yaml's annealing stage: 100 SDE
+steps with a corrector step each, 10 MALA steps, a PSF draw every sweep):
     python benchmarks/sweep.py --device cuda
 A quick check on a CPU:
     python benchmarks/sweep.py --size 32 --cutout 32 --upsample 1 --psf 15 --chains 4 --steps 10 --net tiny
@@ -16,22 +18,25 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.timing import device_name, synchronize  # noqa: E402
 from src.data.normalization import PixelNorm  # noqa: E402
 from src.inference.gibbs import GibbsSampler, Problem, Stage  # noqa: E402
 from src.inference.likelihood import GaussianLikelihood  # noqa: E402
 from src.inference.parameters import ParameterSpace  # noqa: E402
 from src.inference.posterior_sde import FluxMap  # noqa: E402
+from src.inference.psf_stars import KernelMap, StarList, psf_rows  # noqa: E402
+from src.inference.psf_step import PSFModel, PSFStep  # noqa: E402
 from src.lensing.forward import ForwardModel  # noqa: E402
 from src.lensing.grid import ExposureGrid, PixelGrid  # noqa: E402
 from src.priors.ncsnpp import NCSNpp  # noqa: E402
@@ -50,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--exposures", type=int, default=4)
     p.add_argument("--upsample", type=int, default=2)
     p.add_argument("--psf", type=int, default=64, help="PSF side in sub-pixels")
+    p.add_argument("--psf-prior", type=int, default=128, help="PSF prior side (pixels, 4 per detector pixel); "
+                   "0 leaves out the PSF step")
+    p.add_argument("--stars", type=int, default=5, help="stars per exposure for the PSF step")
     p.add_argument("--chains", type=int, default=16)
     p.add_argument("--steps", type=int, default=100, help="SDE steps per image update")
     p.add_argument("--corrector", type=int, default=1, help="Langevin corrector steps per SDE step")
@@ -96,13 +104,39 @@ def build(args, device, dtype) -> tuple[GibbsSampler, dict]:
     space = ParameterSpace(params, args.exposures, fov / 2, 0.002)
     priors = {"source": make_prior("source", args, 500.0, device, dtype),
               "lens_light": make_prior("lens_light", args, 200.0, device, dtype)}
-    problem = Problem(model, like, space, priors, {"source": FluxMap(0.3), "lens_light": FluxMap(1.0)}, psf)
+    problem = Problem(model, like, space, priors, {"source": FluxMap(0.3), "lens_light": FluxMap(1.0)}, psf,
+                      psf_step(args, psf, device, dtype) if args.psf_prior else None)
     return GibbsSampler(problem), dict(TRUTH, theta_E=1.15)
 
 
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def psf_step(args, kernels, device, dtype) -> PSFModel:
+    """The PSF step: each exposure's own P ([n, n], 4 pixels per detector pixel) from `args.stars` stars."""
+    n, over, size = args.psf_prior, 4.0, 25
+    a = np.arange(n) - n // 2
+    true_p = np.exp(-(a[:, None] ** 2 + a[None] ** 2) / (2 * (1.2 * over) ** 2))
+    true_p /= true_p.sum()
+    rng = np.random.default_rng(0)
+    pix = np.arange(size, dtype=float)
+    stamps, centres = [], rng.uniform(size // 2 - 0.5, size // 2 + 0.5, (args.exposures * args.stars, 2))
+    for r, c in centres:
+        star = 1e5 * psf_rows(pix - r, n, over, "effective") @ true_p @ psf_rows(pix - c, n, over, "effective").T
+        stamps.append(star + rng.normal(0, 10.0, star.shape))
+    m = len(centres)
+    stars = StarList(np.stack(stamps), np.full((m, size, size), 100.0), np.ones((m, size, size), bool), centres,
+                     np.full(m, 1e5), np.ones(m))
+    half = 0.5 if args.upsample % 2 == 0 else 0.0
+    offsets = (np.arange(args.psf) - args.psf // 2 - half) / args.upsample
+    rows = torch.as_tensor(psf_rows(offsets, n, over, "effective", 1.0 / args.upsample), dtype=dtype,
+                           device=device).expand(args.exposures, -1, -1)
+    kmap = KernelMap(rows, torch.arange(args.exposures, device=device), kernels)
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "net" / f"{args.net}.yaml"))
+    cfg.pop("_target_", None)
+    cfg.update(channels=1, resolution=n)
+    prior = ScorePrior(NCSNpp(**cfg), VESDE(1e-3, 100.0), "psf", PixelNorm(0.01)).to(device=device,
+                                                                                      dtype=dtype).eval()
+    settings = PSFStep(every=1, sde_steps=args.steps, corrector_steps=args.corrector)
+    return PSFModel(prior, FluxMap(0.01), stars, np.repeat(np.arange(args.exposures), args.stars), args.exposures,
+                    np.full(m, over), "effective", kmap, settings, dtype=dtype, device=device)
 
 
 def main(argv=None) -> None:
@@ -127,31 +161,44 @@ def main(argv=None) -> None:
     with torch.no_grad():
         for kind, prior in sampler.p.priors.items():
             prior.score(x, t)
-            sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             for _ in range(3):
                 prior.score(x, t)
-            sync(device)
+            synchronize(device)
             call[kind] = (time.perf_counter() - t0) / 3
+        pm = sampler.p.psf_model
+        if pm is not None:  # the PSF prior sees every chain's P of every exposure at once
+            xp = torch.randn(args.chains * pm.groups, 1, pm.n, pm.n, device=device, dtype=dtype)
+            tp = torch.full((xp.shape[0],), 0.5, device=device, dtype=dtype)
+            pm.prior.score(xp, tp)
+            synchronize(device)
+            t0 = time.perf_counter()
+            for _ in range(3):
+                pm.prior.score(xp, tp)
+            synchronize(device)
+            call["psf"] = (time.perf_counter() - t0) / 3
 
     sampler.sweep(state, stage, 0)  # warm-up
-    sync(device)
+    synchronize(device)
     times = []
     for k in range(args.repeats):
         t0 = time.perf_counter()
         sampler.sweep(state, stage, k + 1)
-        sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     sweep = min(times)
     calls = (args.steps * (1 + args.corrector) + 1) * sum(call.values())  # + the final denoising call
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    name = device_name(device)
     log.info("device %s (%s), %s; priors %dx%d (%s), %d exposures of %dx%d (upsample %d), PSF %d, %d chains",
              device, name, args.dtype, args.size, args.size, args.net, args.exposures, args.cutout, args.cutout,
              args.upsample, args.psf, args.chains)
     log.info("stage: %d SDE steps + %d corrector per step, %d MALA steps, t_start %.2f", args.steps,
              args.corrector, args.mala_steps, args.t_start)
-    log.info("one score-network call, %d chains: source %.1f ms, lens light %.1f ms", args.chains,
-             1e3 * call["source"], 1e3 * call["lens_light"])
+    log.info("one score-network call, %d chains: source %.1f ms, lens light %.1f ms%s", args.chains,
+             1e3 * call["source"], 1e3 * call["lens_light"],
+             f", PSF ({args.psf_prior}x{args.psf_prior}, {args.exposures} per chain) {1e3 * call['psf']:.1f} ms"
+             if "psf" in call else " (no PSF step)")
     log.info("one Gibbs sweep: %.3f s (best of %d); network calls alone would take %.3f s: ratio %.2f",
              sweep, args.repeats, calls, sweep / calls)
 

@@ -253,6 +253,16 @@ def test_mocks_load_into_a_four_exposure_set_with_cosmic_rays_masked(tmp_path):
         assert exp.filter == "F814W" and exp.unit == "ELECTRONS" and exp.exptime == 420.0
         assert math.hypot(exp.x[20, 20], exp.y[20, 20]) < 0.71 * exp.pixel_scale
     assert n_cr > 0
+    # loaded again with the same settings, the files are kept; another seed is refused, not silently read with a
+    # truth.json that is not its own
+    stamp = (tmp_path / "mock" / "truth.json").stat().st_mtime_ns
+    load_lens(cfg, tmp_path, size=40, dq_bad_bits=BAD_BITS)
+    assert (tmp_path / "mock" / "truth.json").stat().st_mtime_ns == stamp
+    cfg.mock.seed = 2
+    with pytest.raises(InputError, match="different mock.*lens.mock.out_dir") as err:
+        load_lens(cfg, tmp_path, size=40, dq_bad_bits=BAD_BITS)
+    assert "\n" not in str(err.value)
+    assert (tmp_path / "mock" / "truth.json").stat().st_mtime_ns == stamp
 
 
 # ------------------------------------------------------------------------------------------ shared data

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from src.errors import InputError
 from src.inference.gibbs import GibbsSampler, Problem, Stage
 from src.inference.likelihood import GaussianLikelihood
 from src.inference.parameters import ParameterSpace
@@ -122,6 +123,9 @@ def test_bad_stage_settings_are_named():
         Stage.from_config(dict(name="x", sweeps=4, burn_in=3, record=2))
     with pytest.raises(ValueError, match="sigma_end"):
         Stage.from_config(dict(name="x", sweeps=2, sigma_end=0.0))
+    with pytest.raises(InputError, match="predictor"):  # one line at the command line, not a traceback
+        Stage.from_config(dict(name="x", sweeps=2, predictor="heun2"))
+    assert Stage.from_config(dict(name="x", sweeps=2, predictor="heun")).predictor == "heun"
 
 
 def test_sde_ends_at_the_data_noise_and_mala_steps_follow_the_temperature(monkeypatch):

@@ -97,4 +97,23 @@ def test_reverse_diffusion_stays_bounded_where_euler_maruyama_overshoots():
                             generator=gen)
     assert rd.abs().max() < 100.0 < em.abs().max()
     with pytest.raises(ValueError, match="predictor"):
-        sample_reverse_sde(stiff, sde, (2, 1), steps=2, predictor="heun")
+        sample_reverse_sde(stiff, sde, (2, 1), steps=2, predictor="runge_kutta")
+
+
+def test_heun_predictor_samples_the_data_distribution_at_second_order():
+    """Exact Gaussian scores: the Heun probability-flow sampler reproduces per-pixel variances spanning a factor 9,
+    and its error falls about fourfold when the steps double (second order)."""
+    sde = VESDE(1e-3, 50.0)
+    var = ((torch.linspace(0.5, 1.5, 16 * 16)) ** 2).reshape(1, 1, 16, 16)
+
+    def error(steps):
+        gen = torch.Generator().manual_seed(6)
+        x = sample_reverse_sde(gaussian_score(sde, var), sde, (800, 1, 16, 16), steps=steps, predictor="heun",
+                               generator=gen, dtype=torch.float64)
+        return (x.var(0) / var[0]).flatten().reshape(4, -1).mean(1) - 1
+
+    fine = error(100)
+    assert torch.all(fine.abs() < 0.04), fine
+    # the same starting noise at both step counts: the difference is the discretisation error alone
+    coarse, mid = error(25).mean().item(), error(50).mean().item()
+    assert abs(coarse - fine.mean().item()) > 3 * abs(mid - fine.mean().item()), (coarse, mid, fine.mean().item())

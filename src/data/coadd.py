@@ -302,8 +302,8 @@ def load_lens(lens_cfg: Mapping, data_dir, size: int | None = None, dq_bad_bits=
     The config's data keys (paths relative to `data_dir` unless absolute):
       - `exposures`: FLT/FLC files -> `load_exposures` (needs `size` and `dq_bad_bits`, conf/data/flt.yaml);
         optional `mask` (one user mask for every exposure, e.g. a sky region file) or `masks` (one per file);
-        a config with a `mock:` block generates its files first when they are missing
-        (`src.data.mock.make_mock_from_config`);
+        a config with a `mock:` block generates its files first when they are missing, keeps them when they
+        match, and refuses a different mock in their folder (`src.data.mock.make_mock_from_config`);
       - `image`, `noise_map`, `psf` (+ `pixel_scale` when the files have no WCS, `psf_oversampling`, `mask`)
         -> `load_coadd`;
       - `h5` (+ `psf_h5`, `psf_oversampling`, `mask`, `filter`) -> `load_lenstronomy_h5`.
@@ -347,11 +347,18 @@ def load_lens(lens_cfg: Mapping, data_dir, size: int | None = None, dq_bad_bits=
         values = cfg["exposures"]
         values = [values] if isinstance(values, str) else list(values)
         paths = [resolve(v, "FLT/FLC file", check=False) for v in values]
-        if cfg.get("mock") is not None and not all(p.is_file() for p in paths):
+        if cfg.get("mock") is not None:
+            # generated when missing, kept when they match the config; files of other mock settings (another
+            # seed) are refused, never silently used with a truth that is not theirs
             from src.data.mock import make_mock_from_config
 
-            log.info("lens %s: generating its mock exposures in %s", name, data_dir)
-            make_mock_from_config(cfg, data_dir)
+            try:
+                make_mock_from_config(cfg, data_dir)
+            except InputError as err:
+                if "different mock" not in str(err):
+                    raise
+                raise InputError(f"lens {name}: {err.args[0].split(';')[0]}, not the one these settings describe: "
+                                 "set lens.mock.out_dir (or paths.data_dir) to another folder, or delete it") from None
         for p in paths:
             require_file(p, f"put the lens's FLT/FLC file there or {hint}")
         if size is None:

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from src.errors import InputError
 from src.lensing.forward import ForwardModel
+from src.priors.sampling import PREDICTORS
 
 from .likelihood import GaussianLikelihood
 from .mala import MALA, MALAState
@@ -73,6 +74,8 @@ class Stage:
             raise InputError(f"stage {stage.name!r}: temperatures must be >= 1 (1 is the true likelihood)")
         if not 0 < stage.t_start <= 1:
             raise InputError(f"stage {stage.name!r}: t_start must be in (0, 1]")
+        if stage.predictor not in PREDICTORS:
+            raise InputError(f"stage {stage.name!r}: predictor must be one of {PREDICTORS}, got {stage.predictor!r}")
         if stage.sigma_end is not None and not stage.sigma_end > 0:
             raise InputError(f"stage {stage.name!r}: sigma_end must be > 0 or null")
         if stage.record and stage.burn_in > stage.sweeps - stage.record:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from src.errors import InputError
+from src.priors.sampling import PREDICTORS
 
 from .likelihood import GaussianLikelihood
 from .posterior_sde import FluxMap, sample_component
@@ -52,6 +53,8 @@ class PSFStep:
         step = cls(**cfg)
         if step.every < 0 or step.sde_steps < 1 or not 0 < step.t_start <= 1 or not 0 < step.t_min < step.t_start:
             raise InputError("sampler.psf: need every >= 0, sde_steps >= 1 and 0 < t_min < t_start <= 1")
+        if step.predictor not in PREDICTORS:
+            raise InputError(f"sampler.psf: predictor must be one of {PREDICTORS}, got {step.predictor!r}")
         return step
 
 

@@ -1,9 +1,14 @@
-"""Sampling a VE SDE backwards in time: Euler-Maruyama or reverse-diffusion predictor, optional Langevin corrector.
+"""Sampling a VE SDE backwards in time: Euler-Maruyama, Heun or reverse-diffusion predictor, optional Langevin
+corrector.
 
-The two predictors differ in the step taken from sigma to sigma' < sigma:
+The predictors differ in the step taken from sigma to sigma' < sigma:
 - "euler_maruyama": x + g^2 dt score + g sqrt(dt) z, with g^2 dt = d(sigma^2)/dt dt; for a geometric schedule
   g^2 dt / sigma^2 = 2 ln(sigma_max / sigma_min) / steps, which exceeds 1 at a few tens of steps, so modes as stiff
   as 1/sigma^2 (a posterior score's likelihood term) overshoot and the chain diverges;
+- "heun": Heun's second-order step of the probability-flow ODE dx/dsigma = -sigma score (Karras et al. 2022, Alg. 1):
+  the Euler step gives x', and the step is taken with the mean of the slopes at (x, sigma) and (x', sigma'). Two
+  score calls a step and no noise: given its start the chain is deterministic, so the randomness comes from the
+  start (pure noise, or the re-noised state of a partial chain) and from the Langevin corrector, if any;
 - "reverse_diffusion" (ancestral): x + (sigma^2 - sigma'^2) score + sqrt(sigma^2 - sigma'^2) z, whose
   coefficient (sigma^2 - sigma'^2) / sigma^2 stays below 1 for any step count (Song et al. 2021, App. E).
 
@@ -21,6 +26,7 @@ from torch import Tensor
 from src.priors.sde import VESDE, _expand
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
+PREDICTORS = ("euler_maruyama", "heun", "reverse_diffusion")
 
 
 @torch.no_grad()
@@ -50,7 +56,7 @@ def sample_reverse_sde(
         shape: output shape [B, ...].
         steps: number of predictor steps, uniform in t (geometric in sigma).
         corrector_steps: Langevin corrector steps after each predictor step (0: predictor only).
-        predictor: "euler_maruyama" or "reverse_diffusion" (see the module docstring).
+        predictor: "euler_maruyama", "heun" or "reverse_diffusion" (see the module docstring).
         snr: signal-to-noise ratio setting the Langevin step size (Song et al. 2021, Alg. 4).
         t_min: final time (sigma(t_min) is the remaining noise, removed by `denoise`).
         t_start: initial time; with `x_start` given, x_start is re-noised to sigma(t_start) (a partial chain),
@@ -65,8 +71,8 @@ def sample_reverse_sde(
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if predictor not in ("euler_maruyama", "reverse_diffusion"):
-        raise ValueError(f"predictor must be 'euler_maruyama' or 'reverse_diffusion', got {predictor!r}")
+    if predictor not in PREDICTORS:
+        raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
     if not 0.0 <= t_min < t_start <= 1.0:
         raise ValueError(f"need 0 <= t_min < t_start <= 1, got t_min={t_min}, t_start={t_start}")
     if x_start is None:
@@ -85,19 +91,24 @@ def sample_reverse_sde(
     times = torch.linspace(t_start, t_min, steps + 1, device=x.device, dtype=torch.float64)
     for i in range(steps):
         t = times[i].to(x.dtype).expand(batch)
-        if predictor == "euler_maruyama":
+        t_next = times[i + 1].to(x.dtype).expand(batch)
+        if predictor == "reverse_diffusion":
+            var = sde.sigma(t) ** 2 - sde.sigma(t_next) ** 2
+        else:
             dt = (times[i] - times[i + 1]).to(x.dtype)
             var = sde.diffusion(t) ** 2 * dt  # variance added by the forward SDE over the step
+        if predictor == "heun":
+            sigma, sigma_next = _expand(sde.sigma(t), x), _expand(sde.sigma(t_next), x)
+            slope = -sigma * score_fn(x, t)
+            euler = x + (sigma_next - sigma) * slope
+            x = x + (sigma_next - sigma) * 0.5 * (slope - sigma_next * score_fn(euler, t_next))
         else:
-            t_next = times[i + 1].to(x.dtype).expand(batch)
-            var = sde.sigma(t) ** 2 - sde.sigma(t_next) ** 2
-        x_mean = x + _expand(var, x) * score_fn(x, t)
-        if i < steps - 1:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x_mean + _expand(var.sqrt(), x) * noise
-        else:
-            x = x_mean  # the last step adds no noise: the chain ends at the mean
-        t_next = times[i + 1].to(x.dtype).expand(batch)
+            x_mean = x + _expand(var, x) * score_fn(x, t)
+            if i < steps - 1:
+                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                x = x_mean + _expand(var.sqrt(), x) * noise
+            else:
+                x = x_mean  # the last step adds no noise: the chain ends at the mean
         for _ in range(corrector_steps):
             x = langevin_step(score_fn, x, t_next, snr, generator)
         if progress is not None:
