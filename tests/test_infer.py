@@ -44,7 +44,8 @@ def smoke_run(tmp_path_factory):
     lt = tiny_prior("lens_light", 48, tmp / "lens_light.pt")
     p = ROOT / "priors" / "demo" / "psf.pt"  # the PSF step samples each chain's PSFs from the mock's stars
     args = ["lens=mock", "experiment=infer_smoke", f"priors.source.path={s}", f"priors.lens_light.path={lt}",
-            f"priors.psf.path={p}", f"paths.data_dir={tmp / 'data'}", f"paths.log_dir={tmp / 'logs'}"]
+            f"priors.psf.path={p}", "lens.init_from=catalog", f"paths.data_dir={tmp / 'data'}",
+            f"paths.log_dir={tmp / 'logs'}"]
     proc = run_infer(args, tmp)
     (out,) = (tmp / "logs" / "infer" / "mock").iterdir()
     return out, args, tmp, proc
@@ -72,6 +73,9 @@ def test_writes_samples_summary_truth_and_figures(smoke_run):
     assert len(runs) == 1 and runs[0].stat().st_size > 0
     text = (out / "infer.log").read_text()
     assert "finetune sweep 2/2 (6/6)" in text and "stars chi2=" in text
+    # the chains start from the mock's simulated catalogue entry, recorded beside the truth
+    catalog = json.loads((out / "truth.json").read_text())["catalog"]
+    assert f"start from the mock's catalogue entry: theta_E {catalog['theta_E']:.4f}" in text
 
 
 @pytest.mark.slow
@@ -141,3 +145,15 @@ def test_killed_run_resumes_to_the_uninterrupted_result(smoke_run):
     with h5py.File(whole / "samples.h5") as f, h5py.File(broken / "samples.h5") as g:
         for key in ("theta_E", "q", "shift_1_x", "source", "lens_light", "psf", "psf_upsampled"):
             assert (f[key][:] == g[key][:]).all(), key
+
+
+def test_initial_mass_is_the_config_or_a_mocks_catalogue_entry():
+    from src.errors import InputError
+    from src.inference.run import initial_mass
+
+    init = {name: 0.0 for name in PARAM_NAMES}
+    assert initial_mass({"lens": {"init": init}}) == init  # SLACS lenses: Bolton et al.'s values as written
+    with pytest.raises(InputError, match="init_from"):
+        initial_mass({"lens": {"init": init, "init_from": "bolton", "mock": {}}})
+    with pytest.raises(InputError, match="init_from"):
+        initial_mass({"lens": {"init": init, "init_from": "catalog"}})  # not a mock

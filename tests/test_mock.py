@@ -252,3 +252,23 @@ def test_mock_from_a_lens_config(tmp_path):
     assert (meta["ra"], meta["dec"], meta["z_source"], meta["seed"]) == (10.5, -3.25, 0.6, 4)
     with fits.open(paths.exposures[0]) as hdul:
         assert (hdul[0].header["RA_TARG"], hdul[0].header["DEC_TARG"]) == (10.5, -3.25)
+
+
+def test_simulated_catalogue_entry_scatters_about_the_truth(tmp_path):
+    """Each mock carries an SIE 'catalogue' entry (the start of `lens=mock`, as Bolton et al.'s values start SLACS
+    lenses): drawn from its own random stream, so the data of a seed do not depend on it; its errors over many
+    draws have the configured spreads."""
+    from src.data.mock import simulated_catalog
+
+    meta = load_truth(make_mock(tmp_path, seed=5, **TINY).root).meta
+    cat, mass = meta["catalog"], meta["mass"]
+    assert abs(cat["theta_E"] / mass["theta_E"] - 1) < 0.15 and abs(cat["q"] - mass["q"]) < 0.25
+    rng = np.random.default_rng(0)
+    truth = {"theta_E": 1.3, "q": 0.7, "phi": 1.0}
+    draws = [simulated_catalog(truth, (0.03, 0.05, 0.1), rng) for _ in range(4000)]
+    for key, spread in (("theta_E", 0.03 * 1.3), ("q", 0.05), ("phi", 0.1)):
+        values = np.array([d[key] for d in draws])
+        assert abs(values.mean() - truth[key]) < 4 * spread / np.sqrt(4000)
+        assert values.std() == pytest.approx(spread, rel=0.05)
+    with pytest.raises(InputError, match="catalog_scatter"):
+        make_mock(tmp_path / "bad", seed=5, catalog_scatter=[0.03, 0.05], **TINY)

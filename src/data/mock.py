@@ -64,7 +64,7 @@ SIP_COEFFICIENTS = {
 }
 
 # Independent random streams (numpy SeedSequence([seed, stream])): changing one part leaves the others as they were.
-_MASS, _LENS_LIGHT, _SOURCE, _PSF, _POINTING, _SHIFTS, _STARS, _BRIGHTNESS, _DETECTOR = range(9)
+_MASS, _LENS_LIGHT, _SOURCE, _PSF, _POINTING, _SHIFTS, _STARS, _BRIGHTNESS, _DETECTOR, _CATALOG = range(10)
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,7 @@ class MockConfig:
     center_max: float = 0.05
     gamma_ext_max: float = 0.05
     multipole_sigma: float = 0.005
+    catalog_scatter: tuple[float, float, float] = (0.03, 0.05, 0.1)
     rootname: str = "jmock0"
 
     def as_dict(self) -> dict:
@@ -245,8 +246,25 @@ def _checked(cfg: MockConfig) -> MockConfig:
         shift_sigma=nonneg("shift_sigma", cfg.shift_sigma), theta_E=_pair("theta_E", cfg.theta_E, pos),
         gamma_sigma=nonneg("gamma_sigma", cfg.gamma_sigma), q=q, center_max=nonneg("center_max", cfg.center_max),
         gamma_ext_max=nonneg("gamma_ext_max", cfg.gamma_ext_max),
-        multipole_sigma=nonneg("multipole_sigma", cfg.multipole_sigma), rootname=rootname,
+        multipole_sigma=nonneg("multipole_sigma", cfg.multipole_sigma),
+        catalog_scatter=_catalog_scatter(cfg.catalog_scatter), rootname=rootname,
     )
+
+
+def _catalog_scatter(value) -> tuple[float, float, float]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 3:
+        raise _fail("catalog_scatter", "[theta_E fraction, q, phi radians]", value)
+    return tuple(_float(f"catalog_scatter[{i}]", v, minimum=0.0) for i, v in enumerate(value))
+
+
+def simulated_catalog(mass: Mapping, scatter, rng: np.random.Generator) -> dict:
+    """What a published SIE model of the mock would say, as SLACS lenses have Bolton et al. (2008)'s: the true
+    theta_E, q and phi with Gaussian errors of scatter (theta_E fraction, q, phi radians), q kept in (0.2, 1]."""
+    d_theta, d_q, d_phi = scatter
+    return {"theta_E": float(mass["theta_E"] * (1.0 + d_theta * rng.standard_normal())),
+            "q": float(np.clip(mass["q"] + d_q * rng.standard_normal(), 0.2, 1.0)),
+            "phi": float(mass["phi"] + d_phi * rng.standard_normal()),
+            "note": "an SIE model as a catalogue would give it: the truth with errors of catalog_scatter"}
 
 
 def mock_config(**settings) -> MockConfig:
@@ -492,7 +510,8 @@ def build_mock(cfg: MockConfig, source_image: np.ndarray | None = None) -> tuple
     meta = {
         "format": FORMAT, "version": VERSION, "config": cfg.as_dict(), "config_hash": _config_hash(cfg, source_image),
         "seed": seed, "name": cfg.name, "ra": cfg.ra, "dec": cfg.dec, "z_lens": cfg.z_lens, "z_source": cfg.z_source,
-        "mass": mass, "shifts": shifts.tolist(), "frame": [h, w], "cutout": cfg.cutout,
+        "mass": mass, "catalog": simulated_catalog(mass, cfg.catalog_scatter, _rng(seed, _CATALOG)),
+        "shifts": shifts.tolist(), "frame": [h, w], "cutout": cfg.cutout,
         "pixel_scale": cfg.pixel_scale, "upsample": cfg.upsample, "exptime": cfg.exptime,
         "sky": [cfg.sky] * cfg.n_exp, "read_noise": cfg.read_noise, "zeropoint": cfg.zeropoint,
         "source_grid": dataclasses.asdict(source_grid), "lens_light_grid": dataclasses.asdict(light_grid),

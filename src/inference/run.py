@@ -74,7 +74,7 @@ def infer(cfg: DictConfig, out_dir: str | Path, root: str | Path) -> dict:
             raise InputError(f"{state_path} was written with other sampling settings; use a new run folder")
         log.info("resuming %s at stage %d, sweep %d", state_path, state["stage"], state["sweep"])
     else:
-        init = dict(cfg.lens.init)
+        init = initial_mass(container)
         state = sampler.initial_state(init, int(cfg.sampler.chains), int(cfg.seed))
         state["config_hash"] = digest
 
@@ -172,16 +172,41 @@ def mean_components(sampler: GibbsSampler, v: torch.Tensor, source, lens_light, 
     return {k: t / v.shape[0] for k, t in total.items()}
 
 
-def write_truth(cfg: dict, out: Path) -> dict | None:
-    """For a mock lens, copy its true mass parameters to <run dir>/truth.json; returns them (None otherwise)."""
-    lens = cfg.get("lens", {})
-    if "mock" not in lens:
-        return None
+def initial_mass(cfg: dict) -> dict:
+    """The chains' starting mass: the lens config's `init`, with theta_E, q and phi from a mock's simulated
+    catalogue entry when the config says `init_from: catalog` (the mock's stand-in for a published SIE model)."""
+    lens = cfg["lens"]
+    init = {k: float(v) for k, v in lens["init"].items()}
+    source = lens.get("init_from")
+    if source is None:
+        return init
+    if source != "catalog" or "mock" not in lens:
+        raise InputError(f"lens.init_from={source!r}: only `catalog` (for mock lenses) or null is known")
+    catalog = _mock_truth(cfg).get("catalog")
+    if catalog is None:
+        raise InputError("this mock's truth.json has no catalogue entry (made by an older version): delete its "
+                         "folder to generate it again, or set lens.init_from=null")
+    init.update({k: float(catalog[k]) for k in ("theta_E", "q", "phi")})
+    log.info("start from the mock's catalogue entry: theta_E %.4f, q %.3f, phi %.3f", init["theta_E"], init["q"],
+             init["phi"])
+    return init
+
+
+def _mock_truth(cfg: dict) -> dict:
     from src.data.mock import load_truth
     from src.inference.setup import resolve
 
+    lens = cfg["lens"]
     root = resolve(lens["mock"]["out_dir"], resolve(cfg["paths"]["data_dir"], cfg["paths"]["root_dir"]))
-    truth = load_truth(root).meta
+    return load_truth(root).meta
+
+
+def write_truth(cfg: dict, out: Path) -> dict | None:
+    """For a mock lens, copy its true mass parameters to <run dir>/truth.json; returns them (None otherwise)."""
+    if "mock" not in cfg.get("lens", {}):
+        return None
+    truth = _mock_truth(cfg)
     mass = {k: float(v) for k, v in truth["mass"].items()}
-    (out / "truth.json").write_text(json.dumps({"mass": mass, "shifts": truth.get("shifts")}, indent=2))
+    (out / "truth.json").write_text(json.dumps({"mass": mass, "shifts": truth.get("shifts"),
+                                                "catalog": truth.get("catalog")}, indent=2))
     return mass
