@@ -1,10 +1,11 @@
 """Writing posterior samples and their summary (the output contract of DESIGN.md).
 
 `samples.h5`: one 1-D dataset per mass parameter (names of DESIGN.md) and per shift component (shift_<e>_x,
-shift_<e>_y, arcsec), and image stacks `source` [N, n, n], `lens_light` [N, n, n], `psf` [N or n_exp, K, K]
-(fluxes in the data's units per detector pixel; attributes say so). `summary.csv`: columns
-parameter,median,p16,p84, one row per mass parameter. Both are written to a temporary file and renamed, so a
-killed run never leaves a half-written result.
+shift_<e>_y, arcsec), and image stacks `source` [N, n, n], `lens_light` [N, n, n] (fluxes in the data's units per
+detector pixel; attributes say so), `psf`: the forward model's PSF kernels, [N, n_exp, K, K] when sampled (then
+also `psf_upsampled` [N, n_exp, n, n], each exposure's P on the PSF prior's grid) or the fixed [n_exp, K, K].
+`summary.csv`: columns parameter,median,p16,p84, one row per mass parameter. Both are written to a temporary file
+and renamed, so a killed run never leaves a half-written result.
 """
 
 from __future__ import annotations

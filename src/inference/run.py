@@ -117,21 +117,8 @@ def write_outputs(sampler: GibbsSampler, state: dict, data, geometry, out: Path,
     names = sampler.p.space.names
     params = {n: v[:, i].numpy() for i, n in enumerate(names)}
     images = {k: torch.cat([r[k] for r in records]).cpu().numpy() for k in ("source", "lens_light")}
-    kernels = None
-    if "psf" in records[0]:
-        # each sample's PSFs: the forward model's kernels [N, n_exp, K, K] and P itself on the PSF prior's grid
-        pm = sampler.p.psf_model
-        up = torch.cat([r["psf"] for r in records])  # [N, G, n, n]
-        kernels = pm.kernels(up)
-        group = pm.kernels.group.cpu()
-        per_exp = torch.full((up.shape[0], len(group), pm.n, pm.n), float("nan"), dtype=up.dtype)
-        for e, g in enumerate(group.tolist()):
-            if g >= 0:
-                per_exp[:, e] = up[:, g].cpu()
-        images["psf"] = kernels.cpu().numpy()
-        images["psf_upsampled"] = per_exp.numpy()
-    else:
-        images["psf"] = sampler.p.psf.cpu().numpy()
+    images.update(psf_samples(sampler, records))
+    kernels = images["psf"] if images["psf"].ndim == 4 else None
     write_samples(out / "samples.h5", params, images,
                   attrs={"units": f"{data.exposures[0].unit or 'data units'} per detector pixel",
                          "source_pixel_scale": geometry.source.pixel_scale,
@@ -153,6 +140,23 @@ def write_outputs(sampler: GibbsSampler, state: dict, data, geometry, out: Path,
     log.info("wrote %s: %d samples, reduced chi2 per exposure %s, theta_E median %.4f", out, v.shape[0],
              np.round(chi2, 3).tolist(), summary["theta_E_median"])
     return summary
+
+
+@torch.no_grad()
+def psf_samples(sampler: GibbsSampler, records: list[dict]) -> dict:
+    """The PSFs of the recorded sweeps: {"psf": the forward model's kernels [N, n_exp, K, K], "psf_upsampled": each
+    exposure's P on the PSF prior's grid [N, n_exp, n, n] (NaN for exposures whose PSF is fixed)} when they were
+    sampled, else {"psf": the fixed kernels [n_exp, K, K]}."""
+    if "psf" not in records[0]:
+        return {"psf": sampler.p.psf.cpu().numpy()}
+    pm = sampler.p.psf_model
+    up = torch.cat([r["psf"] for r in records])  # [N, G, n, n]
+    group = pm.kernels.group.tolist()
+    per_exp = torch.full((up.shape[0], len(group), pm.n, pm.n), float("nan"), dtype=up.dtype)
+    for e, g in enumerate(group):
+        if g >= 0:
+            per_exp[:, e] = up[:, g].cpu()
+    return {"psf": pm.kernels(up).cpu().numpy(), "psf_upsampled": per_exp.numpy()}
 
 
 @torch.no_grad()
