@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.timing import device_name, synchronize  # noqa: E402
+from src.data.epsf import kernel_offsets  # noqa: E402
 from src.data.normalization import PixelNorm  # noqa: E402
 from src.inference.gibbs import GibbsSampler, Problem, Stage  # noqa: E402
 from src.inference.likelihood import GaussianLikelihood  # noqa: E402
@@ -124,10 +125,8 @@ def psf_step(args, kernels, device, dtype) -> PSFModel:
     m = len(centres)
     stars = StarList(np.stack(stamps), np.full((m, size, size), 100.0), np.ones((m, size, size), bool), centres,
                      np.full(m, 1e5), np.ones(m))
-    half = 0.5 if args.upsample % 2 == 0 else 0.0
-    offsets = (np.arange(args.psf) - args.psf // 2 - half) / args.upsample
-    rows = torch.as_tensor(psf_rows(offsets, n, over, "effective", 1.0 / args.upsample), dtype=dtype,
-                           device=device).expand(args.exposures, -1, -1)
+    rows = psf_rows(kernel_offsets(args.psf, args.upsample), n, over, "effective", 1.0 / args.upsample)
+    rows = torch.as_tensor(rows, dtype=dtype, device=device).expand(args.exposures, -1, -1)
     kmap = KernelMap(rows, torch.arange(args.exposures, device=device), kernels)
     cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "net" / f"{args.net}.yaml"))
     cfg.pop("_target_", None)

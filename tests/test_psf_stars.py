@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.special import erf
 
-from src.data.epsf import effective_psf_kernel
+from src.data.epsf import effective_psf_kernel, kernel_offsets
 from src.data.mock_psf import hst_like_psf
 from src.inference.posterior_sde import FluxMap
 from src.inference.psf_stars import KernelMap, StarList, fit_star, fit_stars, given_psf_star, psf_rows, star_operator
@@ -36,8 +36,9 @@ def test_effective_rows_match_scipys_2d_interpolation_of_the_epsf_kernel():
     n, o, s, k = 41, 4, 2, 15
     epsf = gaussian_psf(n, o, 1.1) + 1e-7 * rng.random((n, n))
     epsf /= epsf.sum()
-    half = 0.5 if s % 2 == 0 else 0.0
-    offsets = (np.arange(k) - k // 2 - half) / s
+    # the model's "sample" detector reads sub-pixel s // 2 of each pixel: half a sub-pixel off centre for even s
+    offsets = (np.arange(k) - k // 2 - 0.5) / s
+    np.testing.assert_allclose(kernel_offsets(k, s), offsets)
     rows = psf_rows(offsets, n, o, "effective", 1.0 / s)
     ours = rows @ epsf @ rows.T
     ref = effective_psf_kernel(epsf, o, s, k)  # 2-D map_coordinates, unit sum

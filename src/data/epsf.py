@@ -239,6 +239,14 @@ def _stamp_tuples(stamps) -> Sequence[tuple[np.ndarray, tuple[float, float], np.
     return [(d, c, w) for d, c, w in stamps]
 
 
+def kernel_offsets(size: int, upsample: int) -> np.ndarray:
+    """[size] detector-pixel offsets from the PSF centre at which the forward model's "sample" detector reads its
+    kernel pixels: (m - size // 2 - 1/2) / upsample for even `upsample` (the model reads the sub-pixel just above
+    and right of each pixel centre), (m - size // 2) / upsample for odd."""
+    half = 0.5 if upsample % 2 == 0 else 0.0
+    return (np.arange(size) - size // 2 - half) / upsample
+
+
 def effective_psf_kernel(epsf: np.ndarray, oversampling: float, upsample: int, size: int) -> np.ndarray:
     """An effective PSF (centred on pixel K // 2, `oversampling` samples per detector pixel) as the kernel of the
     forward model's "sample" detector at `upsample` sub-pixels per detector pixel: [size, size], unit sum.
@@ -249,9 +257,7 @@ def effective_psf_kernel(epsf: np.ndarray, oversampling: float, upsample: int, s
     """
     epsf = check_psf(np.asarray(epsf, dtype=np.float64), "effective PSF")
     k = epsf.shape[-1]
-    half = 0.5 if upsample % 2 == 0 else 0.0
-    offsets = (np.arange(size) - size // 2 - half) / upsample  # detector pixels
-    coords = k // 2 + offsets * oversampling  # ePSF pixel coordinates
+    coords = k // 2 + kernel_offsets(size, upsample) * oversampling  # ePSF pixel coordinates
     rows, cols = np.meshgrid(coords, coords, indexing="ij")
     kernel = ndimage.map_coordinates(epsf, [rows, cols], order=3, mode="constant", cval=0.0)
     return unit_sum(np.clip(kernel, 0.0, None))

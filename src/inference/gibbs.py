@@ -125,6 +125,7 @@ class GibbsSampler:
         self.kernel = MALA(self._log_prob, problem.space.precond(problem.psf), target_accept=target_accept,
                            wrap=self._wrap)
         self._ctx: dict = {}
+        self._kernels: tuple[Tensor, Tensor] | None = None
 
     # --- state -----------------------------------------------------------------------------------------------
     def initial_state(self, init: Mapping[str, float], chains: int, seed: int) -> dict:
@@ -165,7 +166,11 @@ class GibbsSampler:
         """The forward model's PSFs: [B, n_exp, K, K] from each chain's P, or the fixed [n_exp, K, K]."""
         if self.p.psf_model is None or "psf" not in state:
             return self.p.psf
-        return self.p.psf_model.kernels(state["psf"])
+        # a sweep asks several times while P stays the same tensor (a draw replaces it): map it once per draw
+        psf = state["psf"]
+        if self._kernels is None or self._kernels[0] is not psf:
+            self._kernels = (psf, self.p.psf_model.kernels(psf))
+        return self._kernels[1]
 
     def model_images(self, state: dict) -> Tensor:
         mass, shifts = self.p.space.split(state["v"])

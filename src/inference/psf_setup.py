@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from src.data.epsf import build_epsf, effective_psf_kernel
+from src.data.epsf import build_epsf, effective_psf_kernel, kernel_offsets
 from src.data.exposure_set import ExposureSet
 from src.data.stars import StarStamps, find_stars_in_flt, load_star_settings
 from src.errors import InputError
@@ -115,8 +115,7 @@ def psf_model(cfg: Mapping, psfs: PSFData, data: ExposureSet, geometry: ModelGeo
     star_group = np.concatenate([np.full(len(s), g) for g, (s, _) in enumerate(lists)])
     star_over = np.concatenate([np.full(len(s), det / scale) for s, det in lists])
     s = geometry.upsample
-    half = 0.5 if s % 2 == 0 else 0.0
-    offsets = (np.arange(geometry.psf_size) - geometry.psf_size // 2 - half) / s
+    offsets = kernel_offsets(geometry.psf_size, s)
     as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
     krows = as_t(np.stack([psf_rows(offsets, n, e.pixel_scale / scale, response, 1.0 / s)
                            for e in data.exposures]))
