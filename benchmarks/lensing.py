@@ -5,7 +5,7 @@ source and pixelated lens light, both codes make the B x n_exp model images of o
 grid, lens equation, bilinear source and lens-light interpolation, FFT convolution with the exposure's PSF (given on
 the supersampled grid), binning to detector pixels.
 
-    ours      src.lensing.forward.ForwardModel on an ExposureGrid of n_exp dithered exposures, one call per batch.
+    ours      scorelens.lensing.forward.ForwardModel on an ExposureGrid of n_exp dithered exposures, one call per batch.
     caustics  caustics.LensSource: a SinglePlane of EPL + ExternalShear, Pixelated source and lens light with the
               same grids, the same PSFs, the same upsampling; batched with torch.vmap over chains and, inside, over
               exposures (caustics' documented way to batch a simulator). An exposure's dither plus its alignment
@@ -52,12 +52,12 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.timing import device_name, synchronize  # noqa: E402
-from src.lensing.epl import _terms as eager_series_terms  # noqa: E402  (ours' own choice, to match it exactly)
-from src.lensing.epl import default_terms  # noqa: E402
-from src.lensing.forward import ForwardModel  # noqa: E402
-from src.lensing.geometry import ModelGeometry  # noqa: E402
-from src.lensing.grid import ExposureGrid, PixelGrid  # noqa: E402
-from src.lensing.mass import deflection  # noqa: E402
+from scorelens.lensing.epl import _terms as eager_series_terms  # noqa: E402  (ours' own choice, to match it exactly)
+from scorelens.lensing.epl import default_terms  # noqa: E402
+from scorelens.lensing.forward import ForwardModel  # noqa: E402
+from scorelens.lensing.geometry import ModelGeometry  # noqa: E402
+from scorelens.lensing.grid import ExposureGrid, PixelGrid  # noqa: E402
+from scorelens.lensing.mass import deflection  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "lensing" / "default.yaml"
 # Sub-pixel dithers of the exposures, in detector pixels (x, y); exposures beyond four repeat the pattern.

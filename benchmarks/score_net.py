@@ -25,7 +25,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.timing import device_name, synchronize  # noqa: E402
-from src.priors.ncsnpp import NCSNpp  # noqa: E402
+from scorelens.priors.ncsnpp import NCSNpp  # noqa: E402
 
 SIGMA_MIN, SIGMA_MAX = 1e-2, 50.0
 

@@ -30,19 +30,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.timing import device_name, synchronize  # noqa: E402
-from src.data.epsf import kernel_offsets  # noqa: E402
-from src.data.normalization import PixelNorm  # noqa: E402
-from src.inference.gibbs import GibbsSampler, Problem, Stage  # noqa: E402
-from src.inference.likelihood import GaussianLikelihood  # noqa: E402
-from src.inference.parameters import ParameterSpace  # noqa: E402
-from src.inference.posterior_sde import FluxMap  # noqa: E402
-from src.inference.psf_stars import KernelMap, StarList, psf_rows  # noqa: E402
-from src.inference.psf_step import PSFModel, PSFStep  # noqa: E402
-from src.lensing.forward import ForwardModel  # noqa: E402
-from src.lensing.grid import ExposureGrid, PixelGrid  # noqa: E402
-from src.priors.ncsnpp import NCSNpp  # noqa: E402
-from src.priors.prior import ScorePrior  # noqa: E402
-from src.priors.sde import VESDE  # noqa: E402
+from scorelens.data.psf.epsf import kernel_offsets  # noqa: E402
+from scorelens.data.training.normalization import PixelNorm  # noqa: E402
+from scorelens.inference.gibbs import GibbsSampler, Problem, Stage  # noqa: E402
+from scorelens.inference.likelihood import GaussianLikelihood  # noqa: E402
+from scorelens.inference.parameters import ParameterSpace  # noqa: E402
+from scorelens.inference.posterior_sde import FluxMap  # noqa: E402
+from scorelens.inference.psf.stars import KernelMap, StarList, psf_rows  # noqa: E402
+from scorelens.inference.psf.step import PSFModel, PSFStep  # noqa: E402
+from scorelens.lensing.forward import ForwardModel  # noqa: E402
+from scorelens.lensing.grid import ExposureGrid, PixelGrid  # noqa: E402
+from scorelens.priors.ncsnpp import NCSNpp  # noqa: E402
+from scorelens.priors.prior import ScorePrior  # noqa: E402
+from scorelens.priors.sde import VESDE  # noqa: E402
 
 log = logging.getLogger("sweep")
 TRUTH = dict(theta_E=1.2, gamma=1.0, q=0.8, phi=0.5, x0=0.0, y0=0.0, gamma_ext=0.02, phi_ext=0.3,

@@ -31,6 +31,12 @@ def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
     return cfg
 
 
+def compose_infer(overrides: list[str] = ()) -> DictConfig:
+    """conf/infer.yaml composed with `overrides`, without the hydra node (so nothing that needs a run resolves)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="infer", overrides=list(overrides))
+
+
 @pytest.fixture
 def smoke_cfg(tmp_path) -> DictConfig:
     """The smoke experiment of the lens-light prior, CSV logging, in a temporary run folder."""

@@ -4,12 +4,12 @@
 import pytest
 import torch
 
-from src.data.normalization import PixelNorm
-from src.errors import InputError
-from src.priors.checkpoint import load_prior, save_prior
-from src.priors.ncsnpp import NCSNpp
-from src.priors.prior import ScorePrior
-from src.priors.sde import VESDE
+from scorelens.data.training.normalization import PixelNorm
+from scorelens.errors import InputError
+from scorelens.priors.checkpoint import load_prior, save_prior
+from scorelens.priors.ncsnpp import NCSNpp
+from scorelens.priors.prior import ScorePrior
+from scorelens.priors.sde import VESDE
 
 TINY = dict(channels=1, resolution=16, nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,))
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.lensing.critical import caustics, critical_curves
-from src.lensing.mass import ray_trace
+from scorelens.lensing.critical import caustics, critical_curves
+from scorelens.lensing.mass import ray_trace
 
 lenstronomy = pytest.importorskip("lenstronomy")
 from lenstronomy.LensModel.lens_model import LensModel  # noqa: E402

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from src.data.normalization import PixelNorm
-from src.priors.checkpoint import load_prior
+from scorelens.data.training.normalization import PixelNorm
+from scorelens.priors.checkpoint import load_prior
 from tests.conftest import ROOT, compose_train
 
 DEMO = ROOT / "priors" / "demo"

@@ -4,9 +4,9 @@ resampling, preparation."""
 import numpy as np
 import pytest
 
-from src.data.epsf import build_epsf, center_psf, prepare_psf, psf_centroid, resample_psf
-from src.data.stars import StarStamps
-from src.errors import InputError
+from scorelens.data.psf.epsf import build_epsf, center_psf, prepare_psf, psf_centroid, resample_psf
+from scorelens.data.psf.stars import StarStamps
+from scorelens.errors import InputError
 
 ALPHA, BETA = (1.35, 1.1), 2.5  # elliptical Moffat: core widths along rows and columns, detector pixels
 
@@ -152,9 +152,9 @@ def test_effective_psf_kernel_images_a_point_source_as_the_epsf():
     import torch
     from scipy.special import erf
 
-    from src.data.epsf import effective_psf_kernel
-    from src.lensing.binning import sample_pixels
-    from src.lensing.psf import PSFConvolution
+    from scorelens.data.psf.epsf import effective_psf_kernel
+    from scorelens.lensing.binning import sample_pixels
+    from scorelens.lensing.psf import PSFConvolution
 
     sx, sy = 0.8, 1.1  # optical Gaussian widths, detector pixels
 

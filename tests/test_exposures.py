@@ -14,14 +14,14 @@ from astropy.io import fits
 from astropy.wcs import WCS, DistortionLookupTable
 from omegaconf import OmegaConf
 
-from src.data.coadd import load_coadd, load_lens, load_lenstronomy_h5, prepare_psf
-from src.data.exposure_set import Exposure
-from src.data.flt import check_compatible, cut_exposure, dq_bitmask, load_exposures, read_flt
-from src.data.mock_fits import cd_matrix, wcs_header
-from src.errors import InputError
+from scorelens.data.observations.coadd import load_coadd, load_lens, load_lenstronomy_h5, prepare_psf
+from scorelens.data.observations.exposure_set import Exposure
+from scorelens.data.observations.flt import check_compatible, cut_exposure, dq_bitmask, load_exposures, read_flt
+from scorelens.data.simulate.flt_files import cd_matrix, wcs_header
+from scorelens.errors import InputError
 from tests.conftest import CONF, SHARED_DATA
 
-FLT_CFG = OmegaConf.load(CONF / "data" / "flt.yaml")
+FLT_CFG = OmegaConf.load(CONF / "observations" / "default.yaml")
 BAD_BITS = list(FLT_CFG.dq_bad_bits)
 SCALE = 0.05  # arcsec per pixel
 RA0, DEC0 = 217.51700, 41.09920
@@ -237,7 +237,7 @@ def test_mocks_load_into_a_four_exposure_set_with_cosmic_rays_masked(tmp_path):
                  psf_size=33, upsample=1, theta_E=[0.5, 0.6], cosmic_density=4e-3)
     cfg.mock = OmegaConf.merge(cfg.mock, small)
     es = load_lens(cfg, tmp_path, size=40, dq_bad_bits=BAD_BITS)  # generates the mock on first use
-    from src.data.mock import load_truth
+    from scorelens.data.simulate.mock import load_truth
 
     truth = load_truth(tmp_path / "mock")
     assert len(es) == 4 and es.name == "mock" and (es.ra, es.dec) == (cfg.ra, cfg.dec)
@@ -500,5 +500,5 @@ def test_sky_subtraction_modes(tmp_path):
     np.testing.assert_allclose(cut_exposure(chips, ra, dec, 16, BAD_BITS, sky=12.5).data, raw - 12.5)
     chips[0].header["MDRIZSKY"] = 30.0
     np.testing.assert_allclose(cut_exposure(chips, ra, dec, 16, BAD_BITS, sky="header").data, raw - 30.0)
-    with pytest.raises(InputError, match="data.sky must be one of"):
+    with pytest.raises(InputError, match="observations.sky must be one of"):
         cut_exposure(chips, ra, dec, 16, BAD_BITS, sky="mdrizsky")

@@ -7,12 +7,12 @@ import pytest
 import torch
 from scipy import ndimage, signal
 
-from src.lensing.binning import bin_pixels, unbin_pixels
-from src.lensing.forward import ForwardModel
-from src.lensing.grid import ExposureGrid, PixelGrid
-from src.lensing.interpolation import bilinear_weights, sample, scatter
-from src.lensing.operators import crop_psf
-from src.lensing.psf import PSFConvolution
+from scorelens.lensing.binning import bin_pixels, unbin_pixels
+from scorelens.lensing.forward import ForwardModel
+from scorelens.lensing.grid import ExposureGrid, PixelGrid
+from scorelens.lensing.interpolation import bilinear_weights, sample, scatter
+from scorelens.lensing.operators import crop_psf
+from scorelens.lensing.psf import PSFConvolution
 
 F64 = torch.float64
 MASS = dict(theta_E=0.45, gamma=1.1, q=0.75, phi=0.4, x0=0.02, y0=-0.03, gamma_ext=0.03, phi_ext=1.1,
@@ -269,7 +269,7 @@ def test_grid_sample_path_equals_explicit_weights():
     img = torch.randn(2, 15, 15, generator=g, dtype=F64)
     x = torch.rand(2, 3, 30, generator=g, dtype=F64) * 1.4 - 0.7
     y = torch.rand(2, 3, 30, generator=g, dtype=F64) * 1.4 - 0.7
-    from src.lensing.interpolation import interpolate
+    from scorelens.lensing.interpolation import interpolate
 
     torch.testing.assert_close(interpolate(img, grid, x, y), sample(img, *bilinear_weights(grid, x, y)))
 

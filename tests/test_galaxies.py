@@ -13,20 +13,20 @@ from astropy.io import fits
 from astropy.table import Table
 from hydra.utils import instantiate
 
-from src.data.galaxies import (
+from scorelens.cli.data import main
+from scorelens.data.training.galaxies import (
     GalaxyDataset,
     RawGalaxy,
     augmentation,
-    main,
     open_galaxies,
     prepare,
     prepare_image,
     resample,
 )
-from src.data.image_stack import ImageStackDataset
-from src.errors import InputError
-from src.priors.checkpoint import load_prior
-from tests.conftest import ROOT, SHARED_DATA, compose_train, run_train
+from scorelens.data.training.image_stack import ImageStackDataset
+from scorelens.errors import InputError
+from scorelens.priors.checkpoint import load_prior
+from tests.conftest import SHARED_DATA, compose_train, run_train
 
 GALAXIES = SHARED_DATA / "source_galaxies"
 COSMOS = GALAXIES / "cosmos_paltas_test" / "real_galaxy_catalog_23.5.fits"
@@ -167,7 +167,7 @@ SETTINGS = dict(centre="centroid", mask_neighbours=False, mask_fill="noise", bor
 
 
 def run_one(image, pixel_scale, target, size, **kwargs):
-    from src.data.galaxies import PrepareSettings
+    from scorelens.data.training.galaxies import PrepareSettings
 
     s = PrepareSettings(size=size, pixel_scale=target, **{**SETTINGS, **kwargs})
     return prepare_image(RawGalaxy(image, pixel_scale, "x"), s, np.random.default_rng(0))
@@ -226,7 +226,7 @@ def test_prepare_writes_an_arrow_dataset(tmp_path, caplog):
     images = [gaussian((60, 70), 30, 35, s, flux=10 * s) for s in (2.0, 3.0, 4.0)]
     images.append(np.full((60, 60), np.nan))
     folder = write_fits_folder(tmp_path / "in", images, pixel_scale=0.03)
-    with caplog.at_level(logging.INFO, logger="src.data.galaxies"):
+    with caplog.at_level(logging.INFO, logger="scorelens.data.training.galaxies"):
         out = prepare(folder, tmp_path / "out", size=48, pixel_scale=0.06)
     assert "wrote 3 of 4 galaxies" in caplog.text and "1 non-finite (e.g. gal3)" in caplog.text
     ds = prepared(out)
@@ -281,10 +281,10 @@ def test_truncated_fits_and_bad_stacks(tmp_path):
 
 
 def test_cli_errors_are_one_line_with_exit_status_2(tmp_path, caplog):
-    assert main(["prepare", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+    assert main(["galaxies", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
     assert "missing: no such file or folder" in caplog.text
-    proc = subprocess.run([sys.executable, "-m", "src.data.galaxies", "prepare", str(tmp_path / "missing"),
-                           str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "scorelens.cli.data", "galaxies", str(tmp_path / "missing"),
+                           str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "no such file or folder" in lines[0], proc.stderr
@@ -361,7 +361,7 @@ def test_source_config_reads_prepared_galaxies_or_an_hdf5_stack(tmp_path, synthe
     with h5py.File(tmp_path / "stack.h5", "w") as f:
         f["images"] = np.ones((3, 32, 32), np.float32)
     cfg = compose_train(["prior=source", "experiment=smoke",  # the override line in conf/prior/source.yaml
-                         "data.train._target_=src.data.image_stack.ImageStackDataset",
+                         "data.train._target_=scorelens.data.training.image_stack.ImageStackDataset",
                          f"data.train.path={tmp_path / 'stack.h5'}", "data.train.norm.scale=0.5"], tmp_path / "run")
     stack = instantiate(cfg.data.train)
     assert isinstance(stack, ImageStackDataset) and float(stack[0].max()) == 2.0

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from src.lensing.geometry import ModelGeometry
+from scorelens.lensing.geometry import ModelGeometry
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "lensing" / "default.yaml"
 

@@ -7,14 +7,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from src.errors import InputError
-from src.inference.gibbs import GibbsSampler, Problem, Stage
-from src.inference.likelihood import GaussianLikelihood
-from src.inference.parameters import ParameterSpace
-from src.inference.posterior_sde import FluxMap
-from src.lensing.forward import ForwardModel
-from src.lensing.grid import ExposureGrid, PixelGrid
-from src.priors.sde import VESDE
+from scorelens.errors import InputError
+from scorelens.inference.gibbs import GibbsSampler, Problem, Stage
+from scorelens.inference.likelihood import GaussianLikelihood
+from scorelens.inference.parameters import ParameterSpace
+from scorelens.inference.posterior_sde import FluxMap
+from scorelens.lensing.forward import ForwardModel
+from scorelens.lensing.grid import ExposureGrid, PixelGrid
+from scorelens.priors.sde import VESDE
 
 F64 = torch.float64
 P = math.pi
@@ -131,7 +131,7 @@ def test_bad_stage_settings_are_named():
 def test_sde_ends_at_the_data_noise_and_mala_steps_follow_the_temperature(monkeypatch):
     """sigma_end: the image update stops where the diffusion noise is that fraction of the tempered data noise
     (in the prior's units); the MALA step adapted at one temperature is rescaled by sqrt(T'/T) at the next."""
-    import src.inference.gibbs as gibbs
+    import scorelens.inference.gibbs as gibbs
 
     sampler, init = build()
     seen = {}
@@ -161,7 +161,7 @@ def test_sde_ends_at_the_data_noise_and_mala_steps_follow_the_temperature(monkey
 def test_posterior_mean_model_is_the_mean_of_the_samples_models():
     """chi2.csv's model: the average of each sample's model images (chains in different modes must not blur into
     the model of an average sample), computed in batches."""
-    from src.inference.run import mean_components
+    from scorelens.inference.run import mean_components
 
     sampler, init = build()
     state = sampler.initial_state(init, 5, seed=1)
@@ -180,8 +180,8 @@ def test_psf_step_draws_each_chains_psfs_at_start_and_every_nth_sweep():
     and the forward model runs with each chain's kernels."""
     import numpy as np
 
-    from src.inference.psf_stars import KernelMap, StarList, psf_rows
-    from src.inference.psf_step import PSFModel, PSFStep
+    from scorelens.inference.psf.stars import KernelMap, StarList, psf_rows
+    from scorelens.inference.psf.step import PSFModel, PSFStep
 
     sampler, init = build()
     p = sampler.p

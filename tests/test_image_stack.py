@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from src.data.datamodule import PriorDataModule
-from src.data.image_stack import ImageStackDataset
-from src.errors import InputError
+from scorelens.data.training.datamodule import PriorDataModule
+from scorelens.data.training.image_stack import ImageStackDataset
+from scorelens.errors import InputError
 
 
 @pytest.fixture

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from src.data.normalization import PixelNorm
-from src.lensing.mass import PARAM_NAMES
-from src.priors.checkpoint import save_prior
-from src.priors.ncsnpp import NCSNpp
-from src.priors.prior import ScorePrior
-from src.priors.sde import VESDE
+from scorelens.data.training.normalization import PixelNorm
+from scorelens.lensing.mass import PARAM_NAMES
+from scorelens.priors.checkpoint import save_prior
+from scorelens.priors.ncsnpp import NCSNpp
+from scorelens.priors.prior import ScorePrior
+from scorelens.priors.sde import VESDE
 
 from .conftest import ROOT
 
@@ -148,8 +148,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(smoke_run):
 
 
 def test_initial_mass_is_the_config_or_a_mocks_catalogue_entry():
-    from src.errors import InputError
-    from src.inference.run import initial_mass
+    from scorelens.errors import InputError
+    from scorelens.inference.run import initial_mass
 
     init = {name: 0.0 for name in PARAM_NAMES}
     assert initial_mass({"lens": {"init": init}}) == init  # SLACS lenses: Bolton et al.'s values as written

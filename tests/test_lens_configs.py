@@ -6,9 +6,9 @@ import math
 import pytest
 from hydra import compose, initialize_config_dir
 
-from src.data.catalog import lens_config, pa_to_phi, read_catalog, short_name
-from src.errors import InputError
-from src.lensing.mass import PARAM_NAMES
+from scorelens.data.catalog import lens_config, pa_to_phi, read_catalog, short_name
+from scorelens.errors import InputError
+from scorelens.lensing.mass import PARAM_NAMES
 
 from .conftest import CONF, SHARED_DATA
 

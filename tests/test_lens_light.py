@@ -8,7 +8,7 @@ import torch
 from scipy import special
 from torch.utils.data import DataLoader
 
-from src.data.lens_light import LensLightStream
+from scorelens.data.training.lens_light import LensLightStream
 
 SMALL = dict(image_size=24, batch_size=3, batches_per_epoch=7, seed=5)
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from src.inference.likelihood import GaussianLikelihood
-from src.lensing.forward import ForwardModel
-from src.lensing.grid import ExposureGrid, PixelGrid
+from scorelens.inference.likelihood import GaussianLikelihood
+from scorelens.lensing.forward import ForwardModel
+from scorelens.lensing.grid import ExposureGrid, PixelGrid
 
 F64 = torch.float64
 

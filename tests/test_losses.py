@@ -3,8 +3,8 @@ import math
 import torch
 from scipy.integrate import quad
 
-from src.priors.losses import dsm_loss
-from src.priors.sde import VESDE, _expand
+from scorelens.priors.losses import dsm_loss
+from scorelens.priors.sde import VESDE, _expand
 
 
 def test_dsm_loss_of_the_exact_score_matches_its_analytic_value():

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from src.inference.mala import MALA
+from scorelens.inference.mala import MALA
 
 F64 = torch.float64
 

@@ -9,9 +9,9 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from src.data.flt import load_exposures
-from src.data.masks import load_user_mask
-from src.errors import InputError
+from scorelens.data.observations.flt import load_exposures
+from scorelens.data.observations.masks import load_user_mask
+from scorelens.errors import InputError
 from tests.test_exposures import BAD_BITS, assert_message, chip_hdus, sip_wcs_header, write_flt
 
 SHAPE = (20, 24)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.lensing.epl import default_terms
-from src.lensing.mass import PARAM_NAMES, check_params, convergence, deflection, hessian, magnification_inverse
+from scorelens.lensing.epl import default_terms
+from scorelens.lensing.mass import PARAM_NAMES, check_params, convergence, deflection, hessian, magnification_inverse
 
 lenstronomy = pytest.importorskip("lenstronomy")
 from lenstronomy.LensModel.lens_model import LensModel  # noqa: E402

@@ -12,14 +12,15 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 from omegaconf import OmegaConf
 
-from src.data import mock
-from src.data.mock import MockConfig, load_truth, make_mock, mock_config, render_frames, render_truth
-from src.data.mock_fits import DQ_BAD_PIXEL, DQ_COSMIC_RAY
-from src.data.mock_psf import hst_like_psf
-from src.data.mock_scene import draw_mass
-from src.data.sky_grid import sky_offsets, sky_to_pixel
-from src.errors import InputError
-from src.lensing.mass import PARAM_NAMES
+from scorelens.cli import data as data_cli
+from scorelens.data.observations.sky_grid import sky_offsets, sky_to_pixel
+from scorelens.data.simulate import mock
+from scorelens.data.simulate.flt_files import DQ_BAD_PIXEL, DQ_COSMIC_RAY
+from scorelens.data.simulate.hst_psf import hst_like_psf
+from scorelens.data.simulate.mock import MockConfig, load_truth, make_mock, mock_config, render_frames, render_truth
+from scorelens.data.simulate.scene import draw_mass
+from scorelens.errors import InputError
+from scorelens.lensing.mass import PARAM_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(seed=3, frame=(96, 96), cutout=64, source_grid=(128, 0.03), n_stars=2, cosmic_density=2e-3,
@@ -214,7 +215,7 @@ def test_lens_config_matches_the_generator_defaults():
 
 def test_cli_reports_a_clash_in_one_line(tmp_path, caplog):
     make_mock(tmp_path, seed=5, **TINY)
-    assert mock.main([str(tmp_path), "--seed", "5"]) == 2  # the defaults differ from TINY: a different mock
+    assert data_cli.main(["mock", str(tmp_path), "--seed", "5"]) == 2  # the defaults differ from TINY: a different mock
     assert "different mock" in caplog.text
 
 
@@ -258,7 +259,7 @@ def test_simulated_catalogue_entry_scatters_about_the_truth(tmp_path):
     """Each mock carries an SIE 'catalogue' entry (the start of `lens=mock`, as Bolton et al.'s values start SLACS
     lenses): drawn from its own random stream, so the data of a seed do not depend on it; its errors over many
     draws have the configured spreads."""
-    from src.data.mock import simulated_catalog
+    from scorelens.data.simulate.mock import simulated_catalog
 
     meta = load_truth(make_mock(tmp_path, seed=5, **TINY).root).meta
     cat, mass = meta["catalog"], meta["mass"]

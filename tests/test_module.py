@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from src.priors.module import ScorePriorModule, _Warmup
+from scorelens.priors.module import ScorePriorModule, _Warmup
 
 NET = dict(channels=1, resolution=16, nf=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8])
 OPTIM = dict(lr=1e-3, warmup_steps=4)

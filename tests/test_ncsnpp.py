@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy.signal import upfirdn
 
-from src.priors.layers import AttentionBlock, FIRDownsample, FIRUpsample, GaussianFourierEmbedding
-from src.priors.ncsnpp import NCSNpp
+from scorelens.priors.layers import AttentionBlock, FIRDownsample, FIRUpsample, GaussianFourierEmbedding
+from scorelens.priors.ncsnpp import NCSNpp
 
 PAPER_CH_MULT = (1, 1, 2, 2, 2, 2)
 EXPECTED_PARAMS = {32: 3.40e6, 64: 13.5e6, 128: 54.1e6}

@@ -5,11 +5,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from src.inference.likelihood import GaussianLikelihood
-from src.inference.posterior_sde import FluxMap, sample_component
-from src.lensing.forward import ForwardModel
-from src.lensing.grid import ExposureGrid, PixelGrid
-from src.priors.sde import VESDE
+from scorelens.inference.likelihood import GaussianLikelihood
+from scorelens.inference.posterior_sde import FluxMap, sample_component
+from scorelens.lensing.forward import ForwardModel
+from scorelens.lensing.grid import ExposureGrid, PixelGrid
+from scorelens.priors.sde import VESDE
 
 F64 = torch.float64
 

@@ -5,16 +5,14 @@ import h5py
 import numpy as np
 import pytest
 import torch
-import yaml
 from astropy.io import fits
 
-from src.data import psf_dataset
-from src.data.epsf import psf_centroid
-from src.data.image_stack import ImageStackDataset
-from src.data.mock import make_mock
-from src.data.psf_dataset import PSFDataset, write_stack
-from src.data.stars import CONF_STARS
-from src.errors import InputError
+from scorelens.cli import data as data_cli
+from scorelens.data.psf.epsf import psf_centroid
+from scorelens.data.psf.library import PSFDataset, write_stack
+from scorelens.data.simulate.mock import make_mock
+from scorelens.data.training.image_stack import ImageStackDataset
+from scorelens.errors import InputError
 from tests.conftest import SHARED_DATA, run_train
 from tests.test_epsf import gaussian
 
@@ -129,36 +127,30 @@ def test_bad_psf_in_a_stack_fails_when_read_naming_the_file_and_index(tmp_path):
 def test_convert_cli_writes_a_stack_the_prior_datasets_read(tmp_path):
     src = write_fits(tmp_path / "tt.fits", gaussian(41, 1, sigma=1.2), PIXSCALE=0.05)
     out = tmp_path / "out" / "train.h5"
-    assert psf_dataset.main(["convert", str(src), str(out), "--size", "64"]) == 0
+    assert data_cli.main(["psfs", "convert", str(src), str(out), "--size", "64"]) == 0
     with h5py.File(out) as f:
         assert f["images"].shape == (1, 64, 64) and f["images"].attrs["oversampling"] == 4
         assert f["source"][0] == b"tt.fits"
     direct, stacked = PSFDataset(src, image_size=64), PSFDataset(out, image_size=64)
     np.testing.assert_allclose(stacked.psf(0), direct.psf(0), atol=1e-6)
     assert ImageStackDataset(out, image_size=64)[0].sum() == pytest.approx(1.0, abs=1e-5)
-    assert psf_dataset.main(["convert", str(tmp_path / "none"), str(out)]) == 2
+    assert data_cli.main(["psfs", "convert", str(tmp_path / "none"), str(out)]) == 2
     assert not list(out.parent.glob(".*tmp*"))
 
 
 def test_build_cli_makes_an_epsf_from_the_stars_of_flt_files(tmp_path):
     flts = tmp_path / "flt"
     make_mock(flts, seed=3, frame=(128, 128), cutout=48, source_grid=(64, 0.05), n_stars=8, n_exp=1, psf_size=41)
-    settings = yaml.safe_load(CONF_STARS.read_text())
-    settings["find"].update(stamp_size=11, max_peak=None, exclude_radius_arcsec=1.5)
-    settings["epsf"].update(min_stars=4, maxiters=2)
-    config = tmp_path / "stars.yaml"
-    config.write_text(yaml.safe_dump(settings))
     out = tmp_path / "epsf.h5"
-    args = ["build", str(flts), str(out), "--size", "33", "--stars-config", str(config)]
-    assert psf_dataset.main(args) == 0
+    args = ["psfs", "build", str(flts), str(out), "--size", "33", "stars.find.stamp_size=11",
+            "stars.find.max_peak=null", "stars.find.exclude_radius_arcsec=1.5", "stars.epsf.maxiters=2"]
+    assert data_cli.main([*args, "stars.epsf.min_stars=4"]) == 0
     with h5py.File(out) as f:
         images = f["images"][:]
         assert images.shape == (1, 33, 33) and f["n_stars"][0] >= 4 and f["source"][0] == b"jmock001q_flt.fits"
     assert images.sum() == pytest.approx(1.0, abs=1e-5)
     assert np.unravel_index(np.argmax(images[0]), (33, 33)) == (16, 16)
-    settings["epsf"]["min_stars"] = 50
-    config.write_text(yaml.safe_dump(settings))
-    assert psf_dataset.main(args) == 2  # too few stars: one line, no file touched
+    assert data_cli.main([*args, "stars.epsf.min_stars=50"]) == 2  # too few stars: one line, no file touched
     assert h5py.File(out)["images"].shape == (1, 33, 33)
 
 

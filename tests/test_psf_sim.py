@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from src.data.mock_psf import hst_like_psf
-from src.data.psf_sim import PSFStream
+from scorelens.data.simulate.hst_psf import hst_like_psf
+from scorelens.data.training.psf_stream import PSFStream
 
 SMALL = dict(image_size=16, batch_size=3, batches_per_epoch=4, seed=3, integration_oversample=2)
 

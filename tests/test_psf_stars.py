@@ -9,12 +9,20 @@ import pytest
 import torch
 from scipy.special import erf
 
-from src.data.epsf import effective_psf_kernel, kernel_offsets
-from src.data.mock_psf import hst_like_psf
-from src.inference.posterior_sde import FluxMap
-from src.inference.psf_stars import KernelMap, StarList, fit_star, fit_stars, given_psf_star, psf_rows, star_operator
-from src.inference.psf_step import PSFModel, PSFStep
-from src.priors.sde import VESDE
+from scorelens.data.psf.epsf import effective_psf_kernel, kernel_offsets
+from scorelens.data.simulate.hst_psf import hst_like_psf
+from scorelens.inference.posterior_sde import FluxMap
+from scorelens.inference.psf.stars import (
+    KernelMap,
+    StarList,
+    fit_star,
+    fit_stars,
+    given_psf_star,
+    psf_rows,
+    star_operator,
+)
+from scorelens.inference.psf.step import PSFModel, PSFStep
+from scorelens.priors.sde import VESDE
 
 F64 = torch.float64
 
@@ -200,7 +208,7 @@ def test_star_list_concatenate_pads_smaller_stamps_as_unused():
 
 def _stamps(centres, flux=2e4, size=15, o=4, seed=0):
     """StarStamps of Gaussian stars (an ePSF of sigma 1.2 pixels at `o` per pixel) at `centres` in their stamps."""
-    from src.data.stars import StarStamps
+    from scorelens.data.psf.stars import StarStamps
 
     rng = np.random.default_rng(seed)
     epsf = gaussian_psf(41, o, 1.2)
@@ -215,7 +223,7 @@ def _stamps(centres, flux=2e4, size=15, o=4, seed=0):
 
 
 def test_star_fits_and_psf_groups_own_pooled_and_given():
-    from src.inference.psf_setup import PSFData, psf_groups
+    from scorelens.inference.psf.setup import PSFData, psf_groups
 
     stamps, epsf = _stamps([(7.3, 6.8), (6.6, 7.2)])
     fitted = fit_stars(stamps, epsf, 4)
@@ -234,8 +242,8 @@ def test_star_fits_and_psf_groups_own_pooled_and_given():
 
 
 def test_psf_step_configuration_errors_are_one_line():
-    from src.errors import InputError
-    from src.inference.psf_setup import psf_model
+    from scorelens.errors import InputError
+    from scorelens.inference.psf.setup import psf_model
 
     def cfg(psf=None, **prior):
         return {"priors": {"psf": {"path": None, **prior}}, "psf": {"sample": "auto", **(psf or {})}, "sampler": {}}

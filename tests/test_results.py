@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from src.inference.results import write_samples, write_summary
-from src.lensing.mass import PARAM_NAMES
+from scorelens.inference.results import write_samples, write_summary
+from scorelens.lensing.mass import PARAM_NAMES
 
 
 def test_samples_and_summary(tmp_path):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from src.priors.sampling import sample_reverse_sde
-from src.priors.sde import VESDE, _expand
+from scorelens.priors.sampling import sample_reverse_sde
+from scorelens.priors.sde import VESDE, _expand
 
 
 def gaussian_score(sde: VESDE, var: torch.Tensor):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from src.priors.sde import VESDE
+from scorelens.priors.sde import VESDE
 
 
 @pytest.mark.parametrize("smin,smax", [(1e-5, 500.0), (1e-5, 200.0), (1e-3, 100.0)])

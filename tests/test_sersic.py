@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import integrate, special
 
-from src.data.sersic import render_sersic, sersic_b, sersic_profile, sersic_total_flux
+from scorelens.data.simulate.sersic import render_sersic, sersic_b, sersic_profile, sersic_total_flux
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,9 +6,9 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS
 
-from src.data.mock_fits import cd_matrix, header_wcs, wcs_header
-from src.data.sky_grid import cutout_grid, sky_offsets, sky_to_pixel, tangent_offsets, tangent_to_sky
-from src.errors import InputError
+from scorelens.data.observations.sky_grid import cutout_grid, sky_offsets, sky_to_pixel, tangent_offsets, tangent_to_sky
+from scorelens.data.simulate.flt_files import cd_matrix, header_wcs, wcs_header
+from scorelens.errors import InputError
 
 SIP = {"A": {(2, 0): 2e-5, (1, 1): -1e-5, (0, 2): 5e-6}, "B": {(2, 0): -4e-6, (1, 1): 1.2e-5, (0, 2): -8e-6}}
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from src.data.normalization import PixelNorm
-from src.data.source_sim import SourceStream, render_gaussians
+from scorelens.data.training.normalization import PixelNorm
+from scorelens.data.training.source_stream import SourceStream, render_gaussians
 
 SMALL = dict(image_size=32, pixel_scale=0.08, batch_size=3, batches_per_epoch=6, seed=5)
 
@@ -99,7 +99,7 @@ def test_gaussian_clumps_are_pixel_integrals_of_unit_flux():
     assert math.isclose(float(image.sum()), 2.0, rel_tol=1e-9)  # the masked clump is absent
     rows, cols = torch.meshgrid(torch.arange(40.0, dtype=torch.float64), torch.arange(40.0, dtype=torch.float64),
                                 indexing="ij")
-    x, y = cols - 19.5, rows - 19.5  # pixel centres, src.data.sersic convention
+    x, y = cols - 19.5, rows - 19.5  # pixel centres, scorelens.data.simulate.sersic convention
     assert math.isclose(float((image * x).sum() / image.sum()), 0.3, abs_tol=1e-6)
     assert math.isclose(float((image * y).sum() / image.sum()), -1.2, abs_tol=1e-6)
 

@@ -5,15 +5,21 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from src.data.mock import load_truth, make_mock
-from src.data.sky_grid import sky_offsets
-from src.data.stars import ARTEFACT, StarStamps, find_stars, find_stars_in_flt, load_star_settings
-from src.errors import InputError
+from scorelens.data.observations.sky_grid import sky_offsets
+from scorelens.data.psf.stars import ARTEFACT, StarStamps, find_settings, find_stars, find_stars_in_flt
+from scorelens.data.simulate.mock import load_truth, make_mock
+from scorelens.errors import InputError
+from tests.conftest import compose_infer
 
 MOCK = dict(seed=3, frame=(128, 128), cutout=48, source_grid=(64, 0.05), n_stars=8, n_exp=1, psf_size=41,
             cosmic_density=2e-3, bad_pixel_fraction=2e-3)
 # small stamps for the small mock frame; the mock does not saturate
 SETTINGS = dict(stamp_size=11, max_peak=None, exclude_radius_arcsec=1.5)
+FIND = compose_infer().stars.find  # the settings a run uses: conf/stars/default.yaml
+
+
+def load_star_settings(**overrides):
+    return find_settings(FIND, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +118,10 @@ def test_flt_wrapper_takes_the_lens_from_the_header(exposure):
 def test_settings_come_from_the_config_and_bad_ones_fail():
     settings = load_star_settings()
     assert settings["stamp_size"] == 35 and settings["dq_bad_bits"] & 8192 and not settings["dq_bad_bits"] & 64
-    with pytest.raises(InputError, match=r"unknown star-finding setting\(s\) \['stampsize'\]"):
+    with pytest.raises(InputError, match=r"unknown star-finding setting\(s\) stars.find.\['stampsize'\]"):
         load_star_settings(stampsize=11)
+    with pytest.raises(InputError, match=r"\['snr_min'\] missing under stars.find"):
+        find_settings({k: v for k, v in FIND.items() if k != "snr_min"})
 
 
 def test_bad_arrays_are_input_errors():

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from src.priors.checkpoint import load_prior
-from src.priors.run import train
+from scorelens.priors.checkpoint import load_prior
+from scorelens.priors.run import train
 from tests.conftest import compose_train, run_train
 
 

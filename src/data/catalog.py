@@ -5,7 +5,7 @@ Table 4), b_SIE_arcsec, q_SIE, PA_SIE_deg (Table 5; PA in degrees east of north)
 four-point dithered ACS/WFC F814W exposures (`;`-separated). Position angles are converted to the DESIGN.md frame
 here, once: phi = 90 deg - PA (radians, counter-clockwise from +x = east), wrapped to [-pi/2, pi/2).
 
-    python -m src.data.catalog CSV OUT_DIR      # writes OUT_DIR/J0029.yaml ... from the catalogue
+    scorelens-data catalog CSV OUT_DIR      # writes OUT_DIR/J0029.yaml ... from the catalogue
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import logging
 import math
 from pathlib import Path
 
-from src.errors import InputError
+from ..atomic import atomic_write_text
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -115,26 +116,7 @@ def write_lens_configs(catalog: str | Path, out_dir: str | Path) -> list[Path]:
     written = []
     for rec in read_catalog(catalog):
         path = out_dir / f"{short_name(rec['name'])}.yaml"
-        tmp = path.with_suffix(".yaml.tmp")
-        tmp.write_text(lens_config(rec))
-        tmp.replace(path)
+        atomic_write_text(path, lens_config(rec))
         written.append(path)
     log.info("wrote %d lens configs to %s", len(written), out_dir)
     return written
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write conf/lens/*.yaml from the SLACS catalogue CSV.")
-    parser.add_argument("catalog", help="CSV with Bolton et al. 2008 values (see the module docstring)")
-    parser.add_argument("out_dir", help="folder for the lens configs, e.g. conf/lens")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        write_lens_configs(args.catalog, args.out_dir)
-    except InputError as e:
-        log.error("%s", e)
-        raise SystemExit(2) from None
-
-
-if __name__ == "__main__":
-    main()

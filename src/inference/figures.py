@@ -18,8 +18,8 @@ import torch  # noqa: E402
 from astropy.cosmology import FlatLambdaCDM  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from src.lensing.critical import caustics, critical_curves  # noqa: E402
-from src.lensing.mass import PARAM_NAMES  # noqa: E402
+from ..lensing.critical import caustics, critical_curves  # noqa: E402
+from ..lensing.mass import PARAM_NAMES  # noqa: E402
 
 log = logging.getLogger(__name__)
 COSMO = FlatLambdaCDM(H0=70, Om0=0.3)

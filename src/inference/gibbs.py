@@ -6,7 +6,7 @@ One sweep at temperature T (likelihood variance inflated T times):
    < 1, a cheap partial chain) or from pure noise (t_start = 1);
 2. mass and shifts | S, L, P: `mala_steps` MALA steps on the exact (tempered) likelihood times the parameter prior;
 3. lens light L | rest: like S;
-4. PSFs P | stars: with a PSF prior (`psf_step.py`), each chain's P drawn from the stars by the reverse posterior SDE
+4. PSFs P | stars: with a PSF prior (`psf/step.py`), each chain's P drawn from the stars by the reverse posterior SDE
    when the chain starts and every `sampler.psf.every` sweeps, as the next sweep opens (so a recorded sweep's
    images and mass go with the P they were drawn under); without one, the given PSFs (co-adds) or the ePSFs built
    from the exposures' stars, held fixed.
@@ -28,15 +28,14 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-from src.errors import InputError
-from src.lensing.forward import ForwardModel
-from src.priors.sampling import PREDICTORS
-
+from ..errors import InputError
+from ..lensing.forward import ForwardModel
+from ..priors.sampling import PREDICTORS
 from .likelihood import GaussianLikelihood
 from .mala import MALA, MALAState
 from .parameters import ParameterSpace
 from .posterior_sde import FluxMap, sample_component
-from .psf_step import PSFModel
+from .psf.step import PSFModel
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,7 @@ class Problem:
 
     priors: {"source": ScorePrior, "lens_light": ScorePrior or None}; flux: {"source": FluxMap, ...};
     psf: [n_exp, K, K] PSFs on the model's supersampled grid (the fixed ones; with `psf_model` each chain's own).
-    psf_model: the PSF step (`psf_step.PSFModel`), or None to hold `psf` fixed.
+    psf_model: the PSF step (`psf.step.PSFModel`), or None to hold `psf` fixed.
     """
 
     model: ForwardModel

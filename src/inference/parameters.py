@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from src.lensing.mass import PARAM_NAMES
+from ..lensing.mass import PARAM_NAMES
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from src.priors.sampling import sample_reverse_sde
-
+from ..priors.sampling import sample_reverse_sde
 from .likelihood import GaussianLikelihood
 
 

@@ -11,35 +11,29 @@ and renamed, so a killed run never leaves a half-written result.
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from src.lensing.mass import PARAM_NAMES
-
-
-def _atomic(path: Path):
-    tmp = path.with_name(path.name + ".tmp")
-    return tmp, lambda: os.replace(tmp, path)
+from ..atomic import atomic_write
+from ..lensing.mass import PARAM_NAMES
 
 
 def write_samples(path: str | Path, params: Mapping[str, np.ndarray], images: Mapping[str, np.ndarray],
                   attrs: Mapping[str, object] | None = None) -> Path:
     """Write samples.h5: params {name: [N]}, images {name: [N, ...]} (numpy arrays)."""
-    path = Path(path)
-    tmp, commit = _atomic(path)
-    with h5py.File(tmp, "w") as f:
-        for k, v in params.items():
-            f.create_dataset(k, data=np.asarray(v, dtype=np.float64))
-        for k, v in images.items():
-            f.create_dataset(k, data=np.asarray(v, dtype=np.float32), compression="gzip", compression_opts=4)
-        for k, v in (attrs or {}).items():
-            f.attrs[k] = v
-    commit()
-    return path
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            for k, v in params.items():
+                f.create_dataset(k, data=np.asarray(v, dtype=np.float64))
+            for k, v in images.items():
+                f.create_dataset(k, data=np.asarray(v, dtype=np.float32), compression="gzip", compression_opts=4)
+            for k, v in (attrs or {}).items():
+                f.attrs[k] = v
+
+    return atomic_write(path, write)
 
 
 def summarize(params: Mapping[str, np.ndarray]) -> list[dict]:
@@ -54,12 +48,11 @@ def summarize(params: Mapping[str, np.ndarray]) -> list[dict]:
 
 def write_summary(path: str | Path, params: Mapping[str, np.ndarray]) -> Path:
     """Write summary.csv with columns parameter,median,p16,p84."""
-    path = Path(path)
-    tmp, commit = _atomic(path)
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["parameter", "median", "p16", "p84"])
-        w.writeheader()
-        for row in summarize(params):
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    commit()
-    return path
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["parameter", "median", "p16", "p84"])
+            w.writeheader()
+            for row in summarize(params):
+                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+    return atomic_write(path, write)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -19,8 +18,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from src.errors import InputError
-
+from ..atomic import atomic_torch_save
+from ..errors import InputError
 from .figures import make_figures
 from .gibbs import GibbsSampler, Stage
 from .results import write_samples, write_summary
@@ -29,7 +28,7 @@ from .tracking import SweepTracker
 
 log = logging.getLogger(__name__)
 
-_SAMPLING_KEYS = ("lens", "lensing", "sampler", "priors", "flux", "seed", "cutout", "data", "psf")
+_SAMPLING_KEYS = ("lens", "lensing", "sampler", "priors", "flux", "seed", "observations", "stars", "psf")
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -40,9 +39,7 @@ def config_hash(cfg: DictConfig) -> str:
 
 
 def save_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(state, path)
 
 
 def _device(cfg) -> torch.device:
@@ -197,8 +194,8 @@ def initial_mass(cfg: dict) -> dict:
 
 
 def _mock_truth(cfg: dict) -> dict:
-    from src.data.mock import load_truth
-    from src.inference.setup import resolve
+    from ..data.simulate.mock import load_truth
+    from .setup import resolve
 
     lens = cfg["lens"]
     root = resolve(lens["mock"]["out_dir"], resolve(cfg["paths"]["data_dir"], cfg["paths"]["root_dir"]))

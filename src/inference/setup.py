@@ -1,9 +1,9 @@
 """From a composed infer config to a sampling `Problem`: data, model geometry, PSFs, priors and flux maps.
 
-PSFs (`psf_setup.py`): a co-add's given PSF, or one ePSF per exposure built from its stars; both are effective PSFs
+PSFs (`psf/setup.py`): a co-add's given PSF, or one ePSF per exposure built from its stars; both are effective PSFs
 (they include the pixel response), so the forward model runs with detector="sample" and the kernel is the ePSF
-point-sampled at the model's sub-pixels (`src.data.epsf.effective_psf_kernel`). With a PSF prior, the PSF step's
-model replaces them by each chain's own draws.
+point-sampled at the model's sub-pixels (`scorelens.data.psf.epsf.effective_psf_kernel`). With a PSF prior, the PSF
+step's model replaces them by each chain's own draws.
 
 Flux maps: each prior works in its own network units; `flux.<kind>.scale` is the data's units per network unit.
 `auto` takes a robust peak of the data (the `flux.peak_percentile` percentile of the usable pixels) divided by
@@ -19,19 +19,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.data.coadd import load_lens
-from src.data.exposure_set import ExposureSet
-from src.errors import InputError
-from src.lensing.forward import ForwardModel
-from src.lensing.geometry import ModelGeometry
-from src.lensing.grid import ExposureGrid
-from src.priors.checkpoint import load_prior
-
+from ..data.observations.coadd import load_lens
+from ..data.observations.exposure_set import ExposureSet
+from ..errors import InputError
+from ..lensing.forward import ForwardModel
+from ..lensing.geometry import ModelGeometry
+from ..lensing.grid import ExposureGrid
+from ..priors.checkpoint import load_prior
 from .gibbs import Problem
 from .likelihood import GaussianLikelihood
 from .parameters import ParameterSpace
 from .posterior_sde import FluxMap
-from .psf_setup import exposure_psfs, psf_model
+from .psf.setup import exposure_psfs, psf_model
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +50,8 @@ def build_problem(cfg: Mapping, root: str | Path, device: str | torch.device = "
                   dtype: torch.dtype = torch.float32) -> tuple[Problem, ExposureSet, ModelGeometry]:
     """Everything the sampler needs, from the composed infer config (paths relative to `root`)."""
     data_dir = resolve(cfg["paths"]["data_dir"], root)
-    data = load_lens(cfg["lens"], data_dir, size=cfg.get("cutout"), dq_bad_bits=cfg["data"]["dq_bad_bits"],
-                     sky=cfg["data"].get("sky", "header"))
+    obs = cfg["observations"]
+    data = load_lens(cfg["lens"], data_dir, size=obs["cutout"], dq_bad_bits=obs["dq_bad_bits"], sky=obs["sky"])
     scales = {round(e.pixel_scale, 6) for e in data.exposures}
     stacked = data.stacked()
     det_scale = float(np.mean([e.pixel_scale for e in data.exposures]))
@@ -63,7 +62,7 @@ def build_problem(cfg: Mapping, root: str | Path, device: str | torch.device = "
     model = ForwardModel(grid, geometry.source, geometry.lens_light, n_terms=geometry.n_terms, detector="sample")
     likelihood = GaussianLikelihood(as_t(stacked["data"]), as_t(stacked["variance"]),
                                     torch.as_tensor(stacked["mask"], device=device))
-    psfs = exposure_psfs(data, geometry, cfg["psf"])
+    psfs = exposure_psfs(data, geometry, cfg["psf"], cfg["stars"]["find"])
     psf = as_t(psfs.kernels)
     log.info("%s: %d exposure(s) of %s pixels at %s arcsec; model upsample %d, PSF %d; "
              "lens light %d x %.4f arcsec", data.name, len(data), data.exposures[0].shape, sorted(scales),

@@ -7,7 +7,7 @@ Images hold surface brightness in data units per detector-pixel area. Two detect
 - "sample" (the PSF is an effective PSF, an ePSF, which already includes the pixel's response, as those built from
   stars are): a detector pixel is the value at its centre. With an even upsample factor the centre falls between
   sub-pixels; the sub-pixel just above and right of it (index s i + s // 2) is taken, and the PSF kernel is
-  sampled half a sub-pixel off to match (see `src.data.epsf.effective_psf_kernel`).
+  sampled half a sub-pixel off to match (see `scorelens.data.psf.epsf.effective_psf_kernel`).
 
 Either way, the sum over detector pixels equals the sum over sub-pixels divided by upsample^2 for a unit-sum PSF.
 """

@@ -11,7 +11,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 from torchvision.utils import make_grid, save_image
 
-from src.priors.checkpoint import save_prior
+from .checkpoint import save_prior
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def sample_grid(samples: torch.Tensor) -> torch.Tensor:
 class ExportPrior(pl.Callback):
     """Write the EMA prior to `<dirpath>/<filename>` whenever a checkpoint is saved, and at the end of training.
 
-    The file holds only EMA weights and plain metadata (see `src.priors.checkpoint`), a few MB where the
+    The file holds only EMA weights and plain metadata (see `scorelens.priors.checkpoint`), a few MB where the
     training checkpoint holds optimiser state too; `load_prior` reads it.
     """
 

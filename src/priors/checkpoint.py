@@ -9,16 +9,16 @@ with `torch.load(weights_only=True)`, which refuses arbitrary pickled objects.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import torch
 
-from src.data.normalization import PixelNorm
-from src.errors import InputError
-from src.priors.ncsnpp import NCSNpp
-from src.priors.prior import ScorePrior
-from src.priors.sde import VESDE
+from ..atomic import atomic_torch_save
+from ..data.training.normalization import PixelNorm
+from ..errors import InputError
+from .ncsnpp import NCSNpp
+from .prior import ScorePrior
+from .sde import VESDE
 
 PRIOR_FORMAT = "scorelens-prior"
 PRIOR_VERSION = 1
@@ -30,11 +30,7 @@ def save_prior(prior: ScorePrior, path: str | Path) -> Path:
     path = Path(path)
     payload = {"format": PRIOR_FORMAT, "version": PRIOR_VERSION, **prior.describe(),
                "state_dict": {k: v.detach().cpu().clone() for k, v in prior.net.state_dict().items()}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def load_prior(path: str | Path, *, kind: str | None = None, image_size: int | None = None,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from src.priors.sde import VESDE, _expand
+from .sde import VESDE, _expand
 
 
 def dsm_loss(net: Callable[[Tensor, Tensor], Tensor], sde: VESDE, x0: Tensor,

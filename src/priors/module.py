@@ -8,11 +8,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from src.data.normalization import PixelNorm
-from src.priors.losses import dsm_loss
-from src.priors.ncsnpp import NCSNpp
-from src.priors.prior import KINDS, ScorePrior
-from src.priors.sde import VESDE
+from ..data.training.normalization import PixelNorm
+from .losses import dsm_loss
+from .ncsnpp import NCSNpp
+from .prior import KINDS, ScorePrior
+from .sde import VESDE
 
 
 class ScorePriorModule(pl.LightningModule):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from src.priors.layers import (
+from .layers import (
     AttentionBlock,
     Combine,
     FIRDownsample,

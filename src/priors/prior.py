@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from src.data.normalization import PixelNorm
-from src.priors.ncsnpp import NCSNpp
-from src.priors.sampling import sample_reverse_sde
-from src.priors.sde import VESDE
+from ..data.training.normalization import PixelNorm
+from .ncsnpp import NCSNpp
+from .sampling import sample_reverse_sde
+from .sde import VESDE
 
 KINDS = ("source", "lens_light", "psf")
 

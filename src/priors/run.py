@@ -17,10 +17,11 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.data.normalization import PixelNorm
-from src.errors import InputError
-from src.priors.callbacks import FinalCheckpoint
-from src.priors.module import ScorePriorModule
+from ..atomic import atomic_write_text
+from ..data.training.normalization import PixelNorm
+from ..errors import InputError
+from .callbacks import FinalCheckpoint
+from .module import ScorePriorModule
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,6 @@ def train(cfg: DictConfig) -> Path:
     finally:
         _finish_wandb(loggers)
     return output_dir
-
-
-def register_resolvers() -> None:
-    """Config resolvers used by conf/: `${sl_or:VALUE,DEFAULT}` gives DEFAULT where VALUE is empty."""
-    OmegaConf.register_new_resolver("sl_or", lambda value, default: value or default, replace=True)
 
 
 def find_checkpoint(ckpt_dir: Path, resume) -> Path | None:
@@ -129,10 +125,7 @@ def _wandb_run_id(output_dir: Path) -> str:
         return path.read_text().strip()
     run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
     if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(run_id + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, run_id + "\n")
     return run_id
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from src.priors.sde import VESDE, _expand
+from .sde import VESDE, _expand
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 PREDICTORS = ("euler_maruyama", "heun", "reverse_diffusion")

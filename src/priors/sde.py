@@ -3,7 +3,8 @@
     dx = g(t) dw,   sigma(t) = sigma_min (sigma_max / sigma_min)^t,   g(t)^2 = d sigma(t)^2 / dt,   t in [0, 1].
 
 The marginal of a data point x0 at time t is N(x0, sigma(t)^2) per pixel, the usual approximation that neglects
-sigma_min^2 against the data scale. Pixel values are in the prior's network units (see `src.data.normalization`).
+sigma_min^2 against the data scale. Pixel values are in the prior's network units (see
+`scorelens.data.training.normalization`).
 """
 
 from __future__ import annotations

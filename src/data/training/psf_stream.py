@@ -1,7 +1,7 @@
 """On-the-fly simulated HST-like PSFs for a demo PSF prior (no star cutouts or PSF libraries needed).
 
-Real PSF priors learn from empirical PSFs (`src.data.psf_dataset`); this stream draws the analytic HST-like PSF of
-the mock exposures (`src.data.mock_psf.hst_like_psf`: obscured-aperture diffraction averaged over the band, a
+Real PSF priors learn from empirical PSFs (`scorelens.data.psf.library`); this stream draws the analytic HST-like PSF of
+the mock exposures (`scorelens.data.simulate.hst_psf.hst_like_psf`: obscured-aperture diffraction averaged over the band, a
 Gaussian blur for jitter and charge diffusion, a mild elliptical stretch, a Moffat halo) with random settings, so
 that a small PSF prior can be trained anywhere. PSFs are sampled on sub-pixels of `detector_pixel_scale /
 oversampling` arcsec, `oversampling` per detector pixel along each axis (the forward model's `upsample`).
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from src.data.mock_psf import hst_like_psf
-from src.data.normalization import PixelNorm
-from src.data.source_sim import SimulatedStream, check_integer, check_number, check_range, log_uniform, uniform
+from ..simulate.hst_psf import hst_like_psf
+from .normalization import PixelNorm
+from .source_stream import SimulatedStream, check_integer, check_number, check_range, log_uniform, uniform
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class PSFStream(SimulatedStream):
       and position on the detector;
     - halo: flux fraction uniform in `halo_fraction`, Moffat core radius log-uniform in `halo_radius` (arcsec).
     The PSF is integrated over each sub-pixel (`integration_oversample` midpoints per side), centred on pixel
-    (image_size // 2, image_size // 2) (the convention of `src.lensing.psf` and of conf/prior/psf.yaml), cut to
+    (image_size // 2, image_size // 2) (the convention of `scorelens.lensing.psf` and of conf/prior/psf.yaml), cut to
     image_size x image_size and normalised to unit sum.
 
     Normalisation: network units = PSF / `norm_scale` (`norm` = PixelNorm(scale=norm_scale), saved in the

@@ -1,11 +1,11 @@
 """On-the-fly simulated source galaxies (a Sersic disc plus Gaussian star-forming clumps) for a demo source prior.
 
-Real source priors learn from galaxy images (PROBES, `src.data.galaxies`); this stream lets anyone train a small
+Real source priors learn from galaxy images (PROBES, `scorelens.data.training.galaxies`); this stream lets anyone train a small
 source prior without downloading anything. Its galaxies resemble the sources of the mock lenses
-(`src.data.mock_scene.draw_source`: a Sersic profile plus a few Gaussian clumps), drawn over wider ranges.
+(`scorelens.data.simulate.scene.draw_source`: a Sersic profile plus a few Gaussian clumps), drawn over wider ranges.
 
 Lengths and positions are in arcsec on a grid of `image_size` pixels of `pixel_scale` arcsec each, centred on the
-grid's centre (the pixel convention of `src.data.sersic`: x grows with the column, y with the row). Every batch is
+grid's centre (the pixel convention of `scorelens.data.simulate.sersic`: x grows with the column, y with the row). Every batch is
 a pure function of (seed, global batch index), so it does not depend on the number of ranks or DataLoader workers.
 `SimulatedStream` holds that bookkeeping (shard / set_start / len / iteration, as `LensLightStream`'s) for every
 simulated stream of whole batches, `PSFStream` included.
@@ -22,14 +22,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
-from src.data.lens_light import batch_seed
-from src.data.normalization import PixelNorm
-from src.data.sersic import render_sersic, sersic_total_flux
+from .lens_light import batch_seed
+from .normalization import PixelNorm
+from ..simulate.sersic import render_sersic, sersic_total_flux
 
 log = logging.getLogger(__name__)
 
 MAX_CLUMPS = 5
-# Sersic indices over which src.data.sersic solves b_n to high accuracy.
+# Sersic indices over which scorelens.data.simulate.sersic solves b_n to high accuracy.
 SERSIC_INDEX_LIMITS = (0.2, 10.0)
 
 
@@ -264,7 +264,7 @@ def render_gaussians(clumps: dict[str, Tensor], size: int) -> Tensor:
 
     Args:
         clumps: tensors [B, K]: `flux` (total), `sigma` (px), `x0`, `y0` (px from the image centre, the pixel
-            convention of `src.data.sersic`), and optional bool `mask` (absent clumps contribute nothing).
+            convention of `scorelens.data.simulate.sersic`), and optional bool `mask` (absent clumps contribute nothing).
         size: image side (pixels).
     """
     flux = clumps["flux"]

@@ -10,9 +10,9 @@ Cutout convention: the chip holding the lens is the one whose pixel area contain
 (pixel i covers [i - 0.5, i + 0.5)); the cutout's centre pixel (size // 2, size // 2) is the chip pixel nearest to
 the lens (row, col rounded half up), so the lens lies within half a pixel of that pixel's centre. For an even
 size the centre pixel is the one just above and right of the geometric centre of the cutout (as in
-`src.data.sky_grid.cutout_grid`).
+`scorelens.data.observations.sky_grid.cutout_grid`).
 
-Which DQ bits make a pixel bad is a setting (`dq_bad_bits`, conf/data/flt.yaml), never a constant here. ACS
+Which DQ bits make a pixel bad is a setting (`dq_bad_bits`, the config's `observations`), never a constant here. ACS
 DQ values (ACS Data Handbook): 1 Reed-Solomon error, 2 data replaced by fill, 4 bad detector pixel, 8 masked by
 aperture, 16 hot pixel, 32 CTE tail, 64 warm pixel, 128 bad column, 256 full-well saturation, 512 bad flat,
 1024 charge trap, 2048 A-to-D saturation, 4096 cosmic ray (AstroDrizzle), 8192 cosmic ray (ACSREJ), 16384
@@ -31,11 +31,11 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning, NoConvergence
 
-from src.data.exposure_set import Chip, Exposure, ExposureSet
-from src.data.masks import load_user_mask
-from src.data.sky import sky_level
-from src.data.sky_grid import cutout_grid, sky_offsets, sky_to_pixel
-from src.errors import InputError
+from .exposure_set import Chip, Exposure, ExposureSet
+from .masks import load_user_mask
+from .sky import sky_level
+from .sky_grid import cutout_grid, sky_offsets, sky_to_pixel
+from ...errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -216,10 +216,10 @@ def cut_exposure(chips: Sequence[Chip], ra: float, dec: float, size: int, dq_bit
         ra, dec: the lens position, degrees.
         size: cutout side, pixels; the lens is in the centre pixel (size // 2, size // 2), within 0.5 px of its
             centre (module docstring).
-        dq_bits: DQ bits that mark bad pixels (a list of bit values or one integer mask; conf/data/flt.yaml).
+        dq_bits: DQ bits that mark bad pixels (a list of bit values or one integer mask; `observations.dq_bad_bits`).
         user_mask: None, a [size, size] or chip-shaped bool array (True = masked out), or a ds9 region / FITS /
-            .npy file (`src.data.masks.load_user_mask`; pixel regions in the chip's pixel coordinates).
-        sky: the sky level to subtract (`src.data.sky.sky_level`: "header", "median", "none" or a number).
+            .npy file (`scorelens.data.observations.masks.load_user_mask`; pixel regions in the chip's pixel coordinates).
+        sky: the sky level to subtract (`scorelens.data.observations.sky.sky_level`: "header", "median", "none" or a number).
 
     Returns:
         The Exposure: data [N, N] float64 in the chip's unit, variance = ERR^2, mask True where DQ is good, SCI
@@ -315,7 +315,7 @@ def load_exposures(paths: Sequence, ra: float, dec: float, size: int, dq_bad_bit
         paths: the FLT/FLC files.
         ra, dec: the lens position, degrees.
         size: cutout side, pixels.
-        dq_bad_bits: DQ bits that mark bad pixels (conf/data/flt.yaml `dq_bad_bits`).
+        dq_bad_bits: DQ bits that mark bad pixels (`observations.dq_bad_bits`).
         user_masks: None, one mask for every exposure (a region file or an array), or a list with one entry
             (None, path or array) per file; see `cut_exposure`.
         name: the lens's name (default: the first file's directory name).

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from src.errors import InputError
+from ...errors import InputError
 
 log = logging.getLogger(__name__)
 

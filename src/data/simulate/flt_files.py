@@ -1,4 +1,4 @@
-"""FLT-like FITS files of mock exposures: WCS headers (TAN with optional SIP), SCI/ERR/DQ extensions, atomic writes.
+"""FLT-like FITS files of mock exposures: WCS headers (TAN with optional SIP), SCI/ERR/DQ extensions.
 
 Layout of a file (as ACS/WFC `*_flt.fits`, one chip): a primary HDU without data holding the observation keywords
 (TELESCOP, INSTRUME, DETECTOR, FILTER1/2, EXPTIME, ROOTNAME, RA_TARG, DEC_TARG, read noise), then the ImageHDUs
@@ -89,15 +89,3 @@ def flt_hdulist(primary: Mapping[str, object], wcs_hdr: fits.Header, sci: np.nda
                 hdu.header[key] = value
         hdus.append(hdu)
     return fits.HDUList(hdus)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) on a temporary name beside `path`, then rename it onto `path` (no half-written files)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -17,7 +17,7 @@ import math
 import numpy as np
 from astropy.wcs import WCS
 
-from src.errors import InputError
+from ...errors import InputError
 
 ARCSEC_PER_RAD = 180.0 / math.pi * 3600.0
 

@@ -2,14 +2,14 @@
 flux-conserving resampling between oversampling factors.
 
 Conventions. A PSF is a [K, K] array sampled `oversampling` times per detector pixel along each axis; its centre
-is pixel (K // 2, K // 2), the convention of `src.lensing.psf`. Pixel values are treated as the flux in each fine
+is pixel (K // 2, K // 2), the convention of `scorelens.lensing.psf`. Pixel values are treated as the flux in each fine
 pixel (unit sum over the array), so a fine pixel (i, j) spans detector-pixel offsets
 [(i - K // 2 - 1/2) / oversampling, (i - K // 2 + 1/2) / oversampling] from the centre.
 
 What an ePSF is. An ePSF (Anderson & King 2000) is the optical PSF already integrated over a detector pixel: its
 value at an offset is the fraction of a star's flux that a detector pixel at that offset from the star receives.
 EPSFBuilder (photutils) and the STDPSF libraries both give ePSFs. A forward model that convolves a supersampled
-image with a PSF and then averages sub-pixels into detector pixels (`src.lensing.forward`) integrates over the
+image with a PSF and then averages sub-pixels into detector pixels (`scorelens.lensing.forward`) integrates over the
 detector pixel itself, so with an ePSF it applies the pixel response twice (an extra 1-pixel box blur); such a model
 wants the optical PSF, and an ePSF is the closest empirical stand-in for it.
 """
@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.interpolate import CubicSpline
 
-from src.errors import InputError
+from ...errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def build_epsf(stamps, oversampling: int = 4, size: int = 128, *, maxiters: int 
     """An ePSF from star stamps with photutils' EPSFBuilder (Anderson & King 2000).
 
     Args:
-        stamps: a `src.data.stars.StarStamps` (data [n, S, S] background-subtracted, err, dq, centres in the
+        stamps: a `scorelens.data.psf.stars.StarStamps` (data [n, S, S] background-subtracted, err, dq, centres in the
             stamps via `centres()`), or a sequence of (data [S, S], centre (row, col) in the stamp, weights [S, S]
             or None) tuples.
         oversampling: fine pixels per detector pixel of the ePSF.

@@ -1,7 +1,7 @@
 """Isolated, unsaturated stars in a detector chip, cut into stamps with their ERR and DQ, for empirical PSFs.
 
 `find_stars` works on plain arrays (one chip: SCI, ERR, DQ, WCS); `find_stars_in_flt` runs it on every chip of an
-FLT/FLC file. The settings live in conf/data/stars.yaml (`load_star_settings`). A detection becomes a star when it
+FLT/FLC file. The settings come from the config's `stars.find` (`find_settings`). A detection becomes a star when it
 passes, in this order (the log counts each rejection):
 
 - edge: the whole stamp lies inside the chip;
@@ -25,17 +25,17 @@ from __future__ import annotations
 import inspect
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from src.data.sky_grid import sky_offsets
-from src.errors import InputError
+from ..observations.sky_grid import sky_offsets
+from ...errors import InputError
 
 log = logging.getLogger(__name__)
 
-CONF_STARS = Path(__file__).resolve().parents[2] / "conf" / "data" / "stars.yaml"
 # Stamp DQ flag (above the 16 bits of HST DQ) for pixels near an unflagged artefact: a detection sharper than
 # sharpness_range allows (a cosmic ray or hot pixel that DQ missed), within ARTEFACT_RADIUS pixels.
 ARTEFACT = 1 << 16
@@ -110,40 +110,20 @@ class StarStamps:
 # ------------------------------------------------------------------------------------------------- settings
 
 
-def load_star_settings(path: str | Path | None = None, **overrides) -> dict:
-    """The `find:` block of conf/data/stars.yaml (or of `path`), with `overrides`, as keyword arguments of
-    `find_stars`; InputError names an unknown or missing setting."""
-    block = _load_block(path, "find")
+def find_settings(find: Mapping, **overrides) -> dict:
+    """`find_stars` keyword arguments from the config's `stars.find` block, with `overrides`; InputError names an
+    unknown or missing setting."""
     known = _keyword_names()
-    unknown = sorted(set(block) - known) + sorted(set(overrides) - known)
+    settings = {**dict(find), **overrides}
+    unknown = sorted(set(settings) - known)
     if unknown:
-        raise InputError(f"unknown star-finding setting(s) {unknown}; valid ones are {sorted(known)}")
-    settings = {**block, **overrides}
+        raise InputError(f"unknown star-finding setting(s) stars.find.{unknown}; valid ones are {sorted(known)}")
     required = {n for n, p in inspect.signature(find_stars).parameters.items()
                 if p.kind is p.KEYWORD_ONLY and p.default is inspect.Parameter.empty}
     missing = sorted(required - set(settings))
     if missing:
-        raise InputError(f"{path or CONF_STARS}: star-finding setting(s) {missing} missing under find:")
+        raise InputError(f"star-finding setting(s) {missing} missing under stars.find")
     return settings
-
-
-def load_epsf_settings(path: str | Path | None = None, **overrides) -> dict:
-    """The `epsf:` block of conf/data/stars.yaml (or of `path`), with `overrides`."""
-    return {**_load_block(path, "epsf"), **overrides}
-
-
-def _load_block(path: str | Path | None, key: str) -> dict:
-    import yaml
-
-    path = Path(path) if path is not None else CONF_STARS
-    try:
-        cfg = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise InputError(f"{path}: cannot read the star settings ({err})") from None
-    block = cfg.get(key) if isinstance(cfg, dict) else None
-    if not isinstance(block, dict):
-        raise InputError(f"{path}: no `{key}:` block of settings")
-    return dict(block)
 
 
 def _keyword_names() -> set[str]:
@@ -362,11 +342,11 @@ def _primary_header(path: Path) -> dict:
 
 
 def _read_chips(path: Path) -> list:
-    """Every SCI/ERR/DQ triple of a FITS file as `Chip`s (used when src.data.flt is not available)."""
+    """Every SCI/ERR/DQ triple of a FITS file as `Chip`s (used when scorelens.data.observations.flt is not available)."""
     from astropy.io import fits
     from astropy.wcs import WCS
 
-    from src.data.exposure_set import Chip
+    from ..observations.exposure_set import Chip
 
     chips = []
     try:
@@ -388,22 +368,21 @@ def _read_chips(path: Path) -> list:
 
 
 def find_stars_in_flt(path: str | Path, lens_ra: float | None = None, lens_dec: float | None = None,
-                      settings: dict | None = None) -> list[tuple[int, StarStamps]]:
+                      *, settings: Mapping) -> list[tuple[int, StarStamps]]:
     """Stars in every chip of an FLT/FLC file.
 
     Args:
         path: the FITS file.
         lens_ra, lens_dec: the lens position (degrees); None takes RA_TARG/DEC_TARG of the primary header (the
             target of a lens program), or excludes nothing if the header has none.
-        settings: `find_stars` keyword arguments (default: `load_star_settings()`).
+        settings: `find_stars` keyword arguments (`find_settings`).
 
     Returns:
         [(extver, StarStamps)] per chip.
     """
     path = Path(path)
-    settings = load_star_settings() if settings is None else settings
     try:
-        from src.data.flt import read_flt
+        from ..observations.flt import read_flt
     except ImportError:
         read_flt = _read_chips
     chips = read_flt(path)

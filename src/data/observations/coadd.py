@@ -26,11 +26,11 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from src.data.exposure_set import Exposure, ExposureSet
-from src.data.flt import filter_name, lens_pixel, load_exposures, mean_pixel_scale, one_line, read_fits, require_file
-from src.data.masks import load_user_mask
-from src.data.sky_grid import sky_offsets
-from src.errors import InputError
+from .exposure_set import Exposure, ExposureSet
+from .flt import filter_name, lens_pixel, load_exposures, mean_pixel_scale, one_line, read_fits, require_file
+from .masks import load_user_mask
+from .sky_grid import sky_offsets
+from ...errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -300,10 +300,10 @@ def load_lens(lens_cfg: Mapping, data_dir, size: int | None = None, dq_bad_bits=
     """The ExposureSet of a lens config (conf/lens/NAME.yaml), whatever form its data take.
 
     The config's data keys (paths relative to `data_dir` unless absolute):
-      - `exposures`: FLT/FLC files -> `load_exposures` (needs `size` and `dq_bad_bits`, conf/data/flt.yaml);
+      - `exposures`: FLT/FLC files -> `load_exposures` (needs `size` and `dq_bad_bits`, the config's `observations`);
         optional `mask` (one user mask for every exposure, e.g. a sky region file) or `masks` (one per file);
         a config with a `mock:` block generates its files first when they are missing, keeps them when they
-        match, and refuses a different mock in their folder (`src.data.mock.make_mock_from_config`);
+        match, and refuses a different mock in their folder (`scorelens.data.simulate.mock.make_mock_from_config`);
       - `image`, `noise_map`, `psf` (+ `pixel_scale` when the files have no WCS, `psf_oversampling`, `mask`)
         -> `load_coadd`;
       - `h5` (+ `psf_h5`, `psf_oversampling`, `mask`, `filter`) -> `load_lenstronomy_h5`.
@@ -314,7 +314,7 @@ def load_lens(lens_cfg: Mapping, data_dir, size: int | None = None, dq_bad_bits=
         size: FLT cutout side in pixels; None takes the config's `cutout` (or its mock's `cutout`). Co-adds
             (their pixels differ) take only the config's own `cutout`: their central `cutout` pixels, else all.
         dq_bad_bits: DQ bits that mark bad FLT pixels.
-        sky: the sky subtracted from FLT chips (`src.data.sky.sky_level`; conf/data/flt.yaml `sky`).
+        sky: the sky subtracted from FLT chips (`scorelens.data.observations.sky.sky_level`; `observations.sky`).
 
     Raises:
         InputError: a missing file ("PATH: file not found; put ... there or set paths.data_dir"), a config with
@@ -350,7 +350,7 @@ def load_lens(lens_cfg: Mapping, data_dir, size: int | None = None, dq_bad_bits=
         if cfg.get("mock") is not None:
             # generated when missing, kept when they match the config; files of other mock settings (another
             # seed) are refused, never silently used with a truth that is not theirs
-            from src.data.mock import make_mock_from_config
+            from ..simulate.mock import make_mock_from_config
 
             try:
                 make_mock_from_config(cfg, data_dir)
@@ -364,9 +364,9 @@ def load_lens(lens_cfg: Mapping, data_dir, size: int | None = None, dq_bad_bits=
         if size is None:
             size = cfg.get("cutout") or (cfg.get("mock") or {}).get("cutout")
         if size is None:
-            raise InputError(f"lens config {name}: no cutout size (give size, e.g. conf/data/flt.yaml cutout_size)")
+            raise InputError(f"lens config {name}: no cutout size (give size, e.g. observations.cutout)")
         if dq_bad_bits is None:
-            raise InputError(f"lens config {name}: no dq_bad_bits given (conf/data/flt.yaml dq_bad_bits)")
+            raise InputError(f"lens config {name}: no dq_bad_bits given (observations.dq_bad_bits)")
         if cfg.get("masks") is not None:
             masks = [mask_of(m) for m in cfg["masks"]]
         else:

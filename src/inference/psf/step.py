@@ -2,7 +2,7 @@
 
 The stars of exposure i are data of P_i alone: they do not depend on the lens model, so P's update needs neither
 the source, the lens light nor the mass, and is the same reverse posterior SDE as theirs (`posterior_sde.py`) with
-the stars' Gaussian likelihood at temperature 1 (`psf_stars.StarOperator`). Exposures with their own stars have
+the stars' Gaussian likelihood at temperature 1 (`stars.StarOperator`). Exposures with their own stars have
 their own P; exposures with too few share one P drawn from the stars of all exposures (a PSF group); a co-add's
 given PSF is kept, or P is drawn around it (`psf.given: sample`). Each chain draws its own P at its start and again
 every `every` sweeps, so the samples carry the PSF's uncertainty.
@@ -19,12 +19,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from src.errors import InputError
-from src.priors.sampling import PREDICTORS
-
-from .likelihood import GaussianLikelihood
-from .posterior_sde import FluxMap, sample_component
-from .psf_stars import KernelMap, StarList, fit_star, star_operator
+from ...errors import InputError
+from ...priors.sampling import PREDICTORS
+from ..likelihood import GaussianLikelihood
+from ..posterior_sde import FluxMap, sample_component
+from .stars import KernelMap, StarList, fit_star, star_operator
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +64,8 @@ class PSFModel:
     Args:
         prior: the PSF `ScorePrior` ([1, n, n] images).
         flux: its flux map.
-        stars: every group's stars (`psf_stars.StarList`); group [N] says whose, oversampling [N] at how many P
-            pixels per detector pixel of the star's exposure P is read, `response` how (`psf_stars.psf_rows`).
+        stars: every group's stars (`stars.StarList`); group [N] says whose, oversampling [N] at how many P
+            pixels per detector pixel of the star's exposure P is read, `response` how (`stars.psf_rows`).
         kernels: P -> kernels of the forward model.
         settings: the SDE settings of the draws.
     """

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
-from src.data.sersic import render_sersic, sersic_total_flux
+from ..simulate.sersic import render_sersic, sersic_total_flux
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class LensLightStream(IterableDataset):
       + Gaussian jitter of standard deviation `component_offset` (fraction of the side);
     - total flux log-uniform in `flux_fraction`.
     Each image is then scaled so that its brightest pixel equals a value log-uniform in `peak`. Pixels are
-    pixel-averaged intensities rendered by `src.data.sersic.render_sersic` (which fixes the pixel and angle
+    pixel-averaged intensities rendered by `scorelens.data.simulate.sersic.render_sersic` (which fixes the pixel and angle
     conventions) with `oversample`, `center_oversample` and `center_box`.
 
     Ranges are (low, high) pairs (tuples, lists or config sequences). Invalid arguments raise ValueError.

@@ -13,7 +13,7 @@ Readable sources (`scan_psf_sources`), one file or a folder of them (not recursi
   `image_oversampling`.
 FITS files of a folder that hold no image (catalogue tables) are skipped with a warning.
 
-Every PSF goes through `src.data.epsf.prepare_psf`: negative pixels (noise, fill values such as the -0.1 borders
+Every PSF goes through `scorelens.data.psf.epsf.prepare_psf`: negative pixels (noise, fill values such as the -0.1 borders
 of some STDPSF planes) set to zero, centred on pixel N // 2 (the centroid of its core), resampled flux-conservingly
 to `oversampling` and cut to [N, N] = [image_size, image_size], centred again, normalised to unit sum; then mapped
 to network units by `norm` (x = (psf - offset) / scale; with scale 0.01, a unit-sum ACS/WFC F814W PSF at 4x, whose
@@ -29,10 +29,10 @@ because the sampler fits each exposure's alignment shift separately and a jitter
 
 CLI (writes HDF5 stacks `images` [n, size, size] float32, unit-sum PSFs, attribute `oversampling`):
 
-    python -m src.data.psf_dataset build FLT_FOLDER OUTPUT.h5 [--oversampling 4 --size 128 --per-chip]
-    python -m src.data.psf_dataset convert INPUT OUTPUT.h5 [--oversampling 4 --size 128]
+    scorelens-data psfs build FLT_FOLDER OUTPUT.h5 [--oversampling 4 --size 128 --per-chip]
+    scorelens-data psfs convert INPUT OUTPUT.h5 [--oversampling 4 --size 128]
 
-`build` finds stars in every FLT/FLC file of the folder (conf/data/stars.yaml) and builds one ePSF per file (or
+`build` finds stars in every FLT/FLC file of the folder (the config's `stars`) and builds one ePSF per file (or
 per chip); `convert` turns STDPSF/TinyTim files, stacks or a folder of them into a stack.
 """
 
@@ -49,9 +49,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from src.data.epsf import prepare_psf
-from src.data.normalization import PixelNorm
-from src.errors import InputError
+from .epsf import prepare_psf
+from ..training.normalization import PixelNorm
+from ...errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +338,7 @@ def write_stack(path: str | Path, images: np.ndarray, oversampling: float, **ext
     `extra` 1-D arrays (n values each) become datasets beside it."""
     import h5py
 
-    from src.data.mock_fits import atomic_write
+    from ...atomic import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -367,17 +367,16 @@ def _progress(items: Sequence, desc: str):
     return tqdm(items, desc=desc, unit="file", disable=None)
 
 
-def build_epsf_stack(flt_folder: str | Path, output: str | Path, *, oversampling: int | None = None,
-                     size: int | None = None, per_chip: bool = False, stars_config: str | Path | None = None,
+def build_epsf_stack(flt_folder: str | Path, output: str | Path, *, find: Mapping, epsf: Mapping,
+                     oversampling: int | None = None, size: int | None = None, per_chip: bool = False,
                      pattern: str = "*_fl[tc].fits") -> int:
     """ePSFs from the stars of every FLT/FLC file in a folder, written as a PSF stack; returns how many.
 
-    Settings come from conf/data/stars.yaml (or `stars_config`): `find:` for the stars, `epsf:` for the builder
-    (`oversampling` and `size` there unless given). Files (or chips) with fewer than `epsf.min_stars` stars are
-    skipped with a warning.
+    Settings are the config's `stars` blocks: `find` for the stars, `epsf` for the builder (`oversampling` and
+    `size` there unless given). Files (or chips) with fewer than `epsf.min_stars` stars are skipped with a warning.
     """
-    from src.data.epsf import build_epsf
-    from src.data.stars import StarStamps, find_stars_in_flt, load_epsf_settings, load_star_settings
+    from .epsf import build_epsf
+    from .stars import StarStamps, find_settings, find_stars_in_flt
 
     folder = Path(flt_folder)
     if not folder.is_dir():
@@ -385,8 +384,8 @@ def build_epsf_stack(flt_folder: str | Path, output: str | Path, *, oversampling
     files = sorted(folder.glob(pattern))
     if not files:
         raise InputError(f"{folder}: no files matching {pattern}")
-    find = load_star_settings(stars_config)
-    epsf = load_epsf_settings(stars_config)
+    find = find_settings(find)
+    epsf = dict(epsf)
     oversampling = int(oversampling or epsf["oversampling"])
     size = int(size or epsf["size"])
     min_stars = int(epsf["min_stars"])
@@ -411,70 +410,18 @@ def build_epsf_stack(flt_folder: str | Path, output: str | Path, *, oversampling
     write_stack(output, np.stack(images), oversampling, source=np.asarray(sources), chip=np.asarray(chips),
                 n_stars=np.asarray(counts))
     return len(images)
+READER_SETTINGS = ("oversampling", "key", "cube_oversampling", "image_oversampling", "stack_oversampling",
+                   "detector_pixel_scale", "clip_negative", "centre_box")
 
 
-def _reader_defaults() -> dict:
-    """The PSF readers' settings of conf/prior/psf.yaml (data.train), for the CLI's defaults."""
-    from omegaconf import OmegaConf
-
-    train = OmegaConf.load(CONF_PSF_PRIOR).data.train
-    keys = ("oversampling", "key", "cube_oversampling", "image_oversampling", "stack_oversampling",
-            "detector_pixel_scale", "clip_negative", "centre_box")
-    return {k: train[k] for k in keys}
-
-
-def convert_psfs(source: str | Path, output: str | Path, *, oversampling: float | None = None,
-                 size: int = 128, **readers) -> int:
+def convert_psfs(source: str | Path, output: str | Path, *, readers: Mapping, size: int = 128) -> int:
     """STDPSF/TinyTim files, stacks or a folder of them -> a PSF stack of prepared PSFs; returns how many.
 
-    `readers` override the reader settings of conf/prior/psf.yaml (cube_oversampling, image_oversampling, ...).
+    `readers`: the reader settings of `PSFDataset` (READER_SETTINGS; the PSF prior's `data.train` holds them).
     """
-    settings = {**_reader_defaults(), **{k: v for k, v in readers.items() if v is not None}}
-    if oversampling is not None:
-        settings["oversampling"] = oversampling
+    settings = {k: readers[k] for k in READER_SETTINGS if k in readers}
     data = PSFDataset(source, image_size=size, **settings)
     images = np.stack([data.psf(i) for i in _progress(range(len(data)), "PSFs")])
     names = [s.path.name for s in data.sources for _ in range(s.count)]
     write_stack(output, images, data.oversampling, source=np.asarray(names))
     return len(images)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.data.psf_dataset",
-                                     description="Write PSF training stacks (HDF5 `images` [n, size, size], unit-sum "
-                                     "PSFs centred on pixel size // 2) for the PSF prior.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="ePSFs from the stars in a folder of FLT/FLC files")
-    build.add_argument("flt_folder")
-    build.add_argument("output")
-    build.add_argument("--oversampling", type=int, default=None, help="default: conf/data/stars.yaml epsf block")
-    build.add_argument("--size", type=int, default=None, help="ePSF side, fine pixels (default: stars.yaml)")
-    build.add_argument("--per-chip", action="store_true", help="one ePSF per chip instead of per file")
-    build.add_argument("--stars-config", default=None, help="star/ePSF settings (default conf/data/stars.yaml)")
-    build.add_argument("--pattern", default="*_fl[tc].fits", help="file names to use (default %(default)s)")
-    convert = sub.add_parser("convert", help="STDPSF cubes, TinyTim files, stacks or a folder of them")
-    convert.add_argument("input")
-    convert.add_argument("output")
-    convert.add_argument("--oversampling", type=float, default=None, help="default: conf/prior/psf.yaml")
-    convert.add_argument("--size", type=int, default=128, help="PSF side, fine pixels (default %(default)s)")
-    convert.add_argument("--cube-oversampling", type=float, default=None)
-    convert.add_argument("--image-oversampling", type=float, default=None)
-    convert.add_argument("--detector-pixel-scale", type=float, default=None, help="arcsec per detector pixel")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "build":
-            build_epsf_stack(args.flt_folder, args.output, oversampling=args.oversampling, size=args.size,
-                             per_chip=args.per_chip, stars_config=args.stars_config, pattern=args.pattern)
-        else:
-            convert_psfs(args.input, args.output, oversampling=args.oversampling, size=args.size,
-                         cube_oversampling=args.cube_oversampling, image_oversampling=args.image_oversampling,
-                         detector_pixel_scale=args.detector_pixel_scale)
-    except InputError as err:
-        log.error("%s", err)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

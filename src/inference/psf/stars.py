@@ -14,7 +14,8 @@ Both maps are separable, so star k's stamp is f_k R_k P C_k^T with R_k, C_k [S, 
 stamp's rows and columns (`psf_rows`); f_k is the star's flux. `StarOperator` stacks the stars of all PSF groups
 (an exposure's own stars, or the stars of all exposures pooled) and gives A, A^T and the diagonals the convolved
 likelihood needs, so the PSF is sampled by the same reverse posterior SDE as the source and the lens light.
-`KernelMap` turns P into the forward model's kernel on its sub-pixel grid (see `src.data.epsf.effective_psf_kernel`).
+`KernelMap` turns P into the forward model's kernel on its sub-pixel grid (see
+`scorelens.data.psf.epsf.effective_psf_kernel`).
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def fit_star(data: np.ndarray, weight: np.ndarray, centre, flux: float, psf: np.
 
 
 def fit_stars(stamps, epsf: np.ndarray, epsf_oversampling: float) -> StarList:
-    """Star stamps (a `src.data.stars.StarStamps`) as a `StarList`: centres and fluxes fitted against an ePSF
+    """Star stamps (a `scorelens.data.psf.stars.StarStamps`) as a `StarList`: centres and fluxes fitted against an ePSF
     ([K, K], unit sum, `epsf_oversampling` per detector pixel), starting from the finder's centroids; stars whose
     fit fails are left out."""
     w = stamps.weights()

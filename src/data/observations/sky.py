@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from src.errors import InputError
+from ...errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,11 @@ def sky_level(sci: np.ndarray, bad: Callable[[], np.ndarray], header: dict, meth
     only when the chip's pixels are needed.
     """
     if isinstance(method, bool):
-        raise InputError(f"data.sky must be one of {METHODS} or a number, got {method!r}")
+        raise InputError(f"observations.sky must be one of {METHODS} or a number, got {method!r}")
     if isinstance(method, int | float):
         return float(method)
     if method not in METHODS:
-        raise InputError(f"data.sky must be one of {METHODS} or a number, got {method!r}")
+        raise InputError(f"observations.sky must be one of {METHODS} or a number, got {method!r}")
     if method == "none":
         return 0.0
     if method == "header":
@@ -54,5 +54,5 @@ def sky_level(sci: np.ndarray, bad: Callable[[], np.ndarray], header: dict, meth
         log.info("%s: no MDRIZSKY keyword; sky from the chip's clipped median", where)
     level = clipped_median(sci[~bad()])
     if not np.isfinite(level):
-        raise InputError(f"{where}: no good pixel to estimate the sky from; set data.sky to a number or 'none'")
+        raise InputError(f"{where}: no good pixel to estimate the sky from; set observations.sky to a number or 'none'")
     return level

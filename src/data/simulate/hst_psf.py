@@ -12,7 +12,7 @@ The model, on the supersampled grid of the forward model (`grid.py`), is
 - Halo: a wide Moffat (beta 2) that stands in for the scattered red halo of the ACS CCDs at long wavelengths.
 
 The PSF is integrated over each fine pixel (`oversample` x `oversample` midpoints), cut to K x K fine pixels
-(K odd, centred on pixel K // 2, the convention of `src.lensing.psf`) and normalised to unit sum. The same
+(K odd, centred on pixel K // 2, the convention of `scorelens.lensing.psf`) and normalised to unit sum. The same
 function draws the PSF moved by a sub-pixel offset, which is how mock stars are rendered exactly.
 """
 
@@ -23,7 +23,7 @@ import math
 import numpy as np
 from scipy import ndimage, special
 
-from src.errors import InputError
+from ...errors import InputError
 
 ARCSEC_PER_RAD = 180.0 / math.pi * 3600.0
 

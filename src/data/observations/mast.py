@@ -1,8 +1,8 @@
 """Download a lens's HST exposures from MAST.
 
-    python -m src.data.mast J1430 [--data-dir data] [--kind flt|flc]
+    scorelens-data mast J1430 [--data-dir data] [--kind flt|flc]
 
-reads conf/lens/J1430.yaml, asks MAST (astroquery) for the calibrated exposures named by its `rootnames`, and puts
+takes the lens config `lens=J1430` (composed by the command line), asks MAST (astroquery) for the calibrated exposures named by its `rootnames`, and puts
 them where the lens config expects them (`paths.data_dir`/<exposures>). Without a network it says in one line
 which files to fetch and where to put them.
 """
@@ -18,21 +18,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from src.errors import InputError
+from ...errors import InputError
 
 log = logging.getLogger(__name__)
-
-CONF_LENS = Path(__file__).resolve().parents[2] / "conf" / "lens"
-
-
-def lens_settings(name: str, conf_dir: Path = CONF_LENS) -> dict:
-    """The lens config `conf/lens/<name>.yaml` as a dict."""
-    path = conf_dir / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in conf_dir.glob("*.yaml")))
-        raise InputError(f"no lens config {path}; known lenses: {known}")
-    return OmegaConf.to_container(OmegaConf.load(path))
-
 
 def targets(lens: Mapping, data_dir: Path, kind: str = "flt") -> list[tuple[str, Path]]:
     """(MAST product file name, destination path) for each exposure of the lens."""
@@ -85,22 +73,3 @@ def download(lens: Mapping, data_dir: Path, kind: str = "flt") -> list[Path]:
         log.debug("MAST query failed: %r", e)
         raise InputError(offline) from None
     return [d for _, d in wanted]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Download a lens's HST exposures from MAST.")
-    parser.add_argument("lens", help="lens config name, e.g. J1430")
-    parser.add_argument("--data-dir", default="data", help="the inference's paths.data_dir (default: ./data)")
-    parser.add_argument("--kind", default="flt", choices=["flt", "flc"], help="FLT or CTE-corrected FLC files")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        download(lens_settings(args.lens), Path(args.data_dir), args.kind)
-    except InputError as e:
-        log.error("%s", e)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

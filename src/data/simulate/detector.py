@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from src.data.mock_fits import DQ_BAD_PIXEL, DQ_COSMIC_RAY
+from .flt_files import DQ_BAD_PIXEL, DQ_COSMIC_RAY
 
 
 def observe(rng: np.random.Generator, model: np.ndarray, sky: float,

@@ -5,7 +5,7 @@ multipoles, a lensed source (a given galaxy image, else a Sersic disc with clump
 `n_exp` dithered F814W exposures. Each exposure has its own WCS (TAN + SIP, a 4-point box dither, tiny roll
 differences) and a small alignment shift that is applied when rendering but is *not* in the WCS (the sampler's
 job is to find it; exposure 0 is the reference with zero shift). Noiseless frames come from the project's forward
-model (`src.lensing.forward.ForwardModel`, float64) on the per-pixel sky grid of each WCS, so the truth files plus
+model (`scorelens.lensing.forward.ForwardModel`, float64) on the per-pixel sky grid of each WCS, so the truth files plus
 the FITS headers reproduce them exactly (`render_truth`).
 
 Per exposure, in electrons: SCI = Poisson(model + sky) + N(0, read_noise^2) + cosmic rays + hot pixels (the sky
@@ -16,7 +16,7 @@ cosmic rays with 8192 and hot pixels with 4. The frame is a small sub-array of a
 Files in `out_dir`: `<rootname>_flt.fits` per exposure, `truth.json` (numbers) and `truth.npz` (arrays); see
 `build_mock` for their contents. `truth.json` is written last and marks a complete mock.
 
-    python -m src.data.mock OUT_DIR [--seed N] [--overwrite]
+    scorelens-data mock OUT_DIR [--seed N] [--overwrite]
 """
 
 from __future__ import annotations
@@ -39,15 +39,16 @@ import torch
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from src.data import mock_scene
-from src.data.mock_detector import expose
-from src.data.mock_fits import atomic_write, cd_matrix, flt_hdulist, roundtrip_header, wcs_header
-from src.data.mock_psf import hst_like_psf
-from src.data.sky_grid import cutout_grid, sky_to_pixel, tangent_offsets, tangent_to_sky
-from src.errors import InputError
-from src.lensing.binning import bin_pixels
-from src.lensing.forward import ForwardModel
-from src.lensing.grid import ExposureGrid, PixelGrid
+from . import scene
+from .detector import expose
+from ...atomic import atomic_write
+from .flt_files import cd_matrix, flt_hdulist, roundtrip_header, wcs_header
+from .hst_psf import hst_like_psf
+from ..observations.sky_grid import cutout_grid, sky_to_pixel, tangent_offsets, tangent_to_sky
+from ...errors import InputError
+from ...lensing.binning import bin_pixels
+from ...lensing.forward import ForwardModel
+from ...lensing.grid import ExposureGrid, PixelGrid
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class MockConfig:
     fine pixels (odd); star_flux electrons per exposure; cosmic_density events per pixel per exposure;
     bad_pixel_fraction hot pixels per pixel; dither (columns, rows) detector pixels per exposure (cycled, with
     half-pixel steps added after each cycle); roll_sigma degrees; shift_sigma arcsec; the mass ranges as in
-    `mock_scene.draw_mass`.
+    `scene.draw_mass`.
     """
 
     seed: int = 1
@@ -455,7 +456,7 @@ def build_mock(cfg: MockConfig, source_image: np.ndarray | None = None) -> tuple
     """
     seed = cfg.seed
     h, w = cfg.frame
-    mass = mock_scene.draw_mass(_rng(seed, _MASS), cfg.theta_E, cfg.gamma_sigma, cfg.q, cfg.center_max,
+    mass = scene.draw_mass(_rng(seed, _MASS), cfg.theta_E, cfg.gamma_sigma, cfg.q, cfg.center_max,
                                 cfg.gamma_ext_max, cfg.multipole_sigma)
 
     # exposures' geometry
@@ -481,19 +482,19 @@ def build_mock(cfg: MockConfig, source_image: np.ndarray | None = None) -> tuple
     rng = _rng(seed, _LENS_LIGHT)
     magnitude = float(rng.uniform(*cfg.lens_mag))
     total_flux = cfg.exptime * 10.0 ** (-0.4 * (magnitude - cfg.zeropoint))
-    light_components = mock_scene.draw_lens_light(rng, mass, cfg.n_lens_light, total_flux, cfg.pixel_scale**2)
-    lens_light = mock_scene.render_components(light_components, light_grid)
+    light_components = scene.draw_lens_light(rng, mass, cfg.n_lens_light, total_flux, cfg.pixel_scale**2)
+    lens_light = scene.render_components(light_components, light_grid)
 
     # source at unit scale
     n_s, s_s = cfg.source_grid
     source_grid = PixelGrid(n_s, s_s)
-    drawn = mock_scene.draw_source(_rng(seed, _SOURCE), mass)
+    drawn = scene.draw_source(_rng(seed, _SOURCE), mass)
     if source_image is None:
-        unit_source = mock_scene.render_source(drawn, source_grid)
+        unit_source = scene.render_source(drawn, source_grid)
         source_meta = drawn
     else:
         centre = (drawn["x0"], drawn["y0"])
-        unit_source = mock_scene.resample_source_image(source_image, source_grid, centre, cfg.source_image_fov)
+        unit_source = scene.resample_source_image(source_image, source_grid, centre, cfg.source_image_fov)
         source_meta = {"kind": "image", "x0": centre[0], "y0": centre[1], "image_shape": list(source_image.shape),
                        "image_fov": cfg.source_image_fov, "image_sha256": _source_image_hash(source_image)}
     if not unit_source.max() > 0:
@@ -528,7 +529,7 @@ def build_mock(cfg: MockConfig, source_image: np.ndarray | None = None) -> tuple
     unit_frames = render_frames(wcs_list[:1], {**meta, "shifts": meta["shifts"][:1]},
                                 {"source": unit_source, "lens_light": lens_light, "psf": psf[:1]})
     target = float(_rng(seed, _BRIGHTNESS).uniform(*cfg.source_snr))
-    scale = mock_scene.brightness_scale(unit_frames["lensed_source"], unit_frames["lens_light"] + cfg.sky
+    scale = scene.brightness_scale(unit_frames["lensed_source"], unit_frames["lens_light"] + cfg.sky
                                         + cfg.read_noise**2, target)
     source = unit_source * scale
     meta["source"] = {**source_meta, "peak_snr": target, "scale": scale}
@@ -619,7 +620,7 @@ def make_mock(out_dir, *, source_image=None, overwrite: bool = False, **settings
         MockPaths of the files.
     """
     cfg = mock_config(**settings)
-    image = None if source_image is None else mock_scene.check_source_image(source_image)
+    image = None if source_image is None else scene.check_source_image(source_image)
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise InputError(f"mock output {root} exists and is not a directory")
@@ -713,27 +714,3 @@ def render_truth(root) -> dict[str, np.ndarray]:
     truth = load_truth(root)
     wcs_list = [read_wcs(p) for p in truth.exposure_paths()]
     return render_frames(wcs_list, truth.meta, truth.arrays)
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.data.mock", description="Write a mock lens system with "
-                                     "known truth: FLT-like FITS exposures plus truth.json and truth.npz.")
-    parser.add_argument("out_dir", help="directory for the mock's files")
-    parser.add_argument("--seed", type=int, default=MockConfig.seed, help="random seed (default %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a different mock in OUT_DIR")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        paths = make_mock(args.out_dir, seed=args.seed, overwrite=args.overwrite)
-    except InputError as err:
-        log.error("%s", err)
-        return 2
-    log.info("exposures: %s", ", ".join(p.name for p in paths.exposures))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

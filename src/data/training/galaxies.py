@@ -13,10 +13,9 @@ Three parts, used in this order:
   per input pixel; null where unknown) and flux (sum of the prepared image).
 - `GalaxyDataset` serves the prepared images to `PriorDataModule` as [1, N, N] tensors in network units.
 
-Command line (defaults from the `prepare` node of conf/prior/source.yaml; size and pixel scale default to the
-source grid of conf/lensing/default.yaml, on which the prior is used):
+Command line (`scorelens.cli.data`; defaults from the `prepare` node of the source prior's config):
 
-    python -m src.data.galaxies prepare INPUT OUTPUT [--size 256] [--pixel-scale 0.015] [--mask-neighbours]
+    scorelens-data galaxies INPUT OUTPUT [--size 256] [--pixel-scale 0.015] [--mask-neighbours]
 """
 
 from __future__ import annotations
@@ -43,13 +42,13 @@ from scipy.interpolate import PchipInterpolator
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from src.data.image_stack import AUGMENTATIONS
-from src.data.normalization import PixelNorm
-from src.errors import InputError
+from .image_stack import AUGMENTATIONS
+from .normalization import PixelNorm
+from ...atomic import replace_directory
+from ...errors import InputError
 
-log = logging.getLogger(__name__.replace("__main__", "src.data.galaxies"))  # also under `python -m`
+log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 DATASET_FORMAT = "scorelens-galaxies"
 CENTRES = ("centroid", "peak")
@@ -497,7 +496,7 @@ def source_centre(image: np.ndarray, central: np.ndarray, how: str) -> tuple[flo
 
 @dataclass(frozen=True)
 class PrepareSettings:
-    """How `prepare` turns a stamp into a training image (the CLI takes them from conf/prior/source.yaml).
+    """How `prepare` turns a stamp into a training image (the CLI takes them from the config's `prepare`).
 
     Attributes:
         size: side of the prepared images, pixels.
@@ -663,7 +662,7 @@ def prepare(input_path: str | Path, output: str | Path, *, size: int = 256, pixe
             ds.save_to_disk(str(work / "dataset"))
         flux = np.asarray(ds["flux"])
         del ds
-        _move_into_place(work / "dataset", output)
+        replace_directory(work / "dataset", output)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     scale = "native" if pixel_scale is None else f"{pixel_scale:g} arcsec"
@@ -685,20 +684,6 @@ def _rejections(stats: Counter, total: int) -> str:
             examples = ", ".join(stats.get(f"examples:{reason}", ())[:3])
             parts.append(f"{stats[reason]} {reason} (e.g. {examples})")
     return f"rejected {', '.join(parts)} of {total}" if parts else "none rejected"
-
-
-def _move_into_place(new: Path, output: Path) -> None:
-    """Rename `new` to `output`; an existing `output` is replaced only once the new one is complete."""
-    if not output.exists():
-        os.replace(new, output)
-        return
-    old = output.with_name(f".{output.name}.old-{os.getpid()}")
-    os.replace(output, old)
-    os.replace(new, output)
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------- training dataset
@@ -761,12 +746,12 @@ class GalaxyDataset(Dataset):
         self.augment = augment
         self.transform = augmentation(augment)
         if not self.path.exists():
-            raise InputError(f"training images not found: {self.path} (make them with `python -m src.data.galaxies "
+            raise InputError(f"training images not found: {self.path} (make them with `scorelens-data galaxies "
                              f"prepare INPUT {self.path}`, or set data.train.path)")
         try:
             ds = datasets.load_from_disk(str(self.path))
         except Exception as err:  # datasets raises many kinds for a folder that is not a saved dataset
-            hint = (" (for an HDF5 or .npy stack set data.train._target_=src.data.image_stack.ImageStackDataset)"
+            hint = (" (for an HDF5 or .npy stack set data.train._target_=scorelens.data.training.image_stack.ImageStackDataset)"
                     if self.path.is_file() else "")
             raise InputError(f"{self.path}: not a prepared galaxy dataset ({_first_line(err)}){hint}") from None
         if not isinstance(ds, datasets.Dataset):
@@ -833,59 +818,3 @@ def _dataset_info(ds) -> dict:
     except json.JSONDecodeError:
         return {}
     return info if isinstance(info, dict) and info.get("format") == DATASET_FORMAT else {}
-
-
-# ---------------------------------------------------------------------------------------------- command line
-
-def prepare_defaults() -> dict:
-    """Defaults of the `prepare` command: the `prepare` node of conf/prior/source.yaml, where a null size or
-    pixel scale means the source grid of conf/lensing/default.yaml (`source.n`, `source.pixel_scale`)."""
-    from omegaconf import OmegaConf
-
-    node = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "prior" / "source.yaml").prepare)
-    grid = OmegaConf.load(ROOT / "conf" / "lensing" / "default.yaml").source
-    if node.get("size") is None:
-        node["size"] = int(grid.n)
-    if node.get("pixel_scale") is None:
-        node["pixel_scale"] = float(grid.pixel_scale)
-    return node
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m src.data.galaxies prepare INPUT OUTPUT [options]`; exit status 2 with one line on bad input."""
-    defaults = prepare_defaults()
-    parser = argparse.ArgumentParser(prog="python -m src.data.galaxies",
-                                     description="Galaxy images for the source prior.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("prepare", help="convert galaxy images once into the Arrow dataset used in training",
-                            description="Convert a folder of FITS images, an HDF5 stack, a GalSim RealGalaxy "
-                            "catalogue or a saved Hugging Face dataset into the Arrow dataset of the source prior.")
-    p.add_argument("input", help="folder of FITS files, .h5/.hdf5 stack, RealGalaxy catalogue .fits, or saved dataset")
-    p.add_argument("output", help="folder to write (the training config reads ${paths.data_dir}/source/galaxies)")
-    p.add_argument("--size", type=int, default=defaults["size"], help="pixels per side (default %(default)s)")
-    p.add_argument("--pixel-scale", type=float, default=defaults["pixel_scale"],
-                   help="arcsec per pixel of the prepared images (default %(default)s)")
-    p.add_argument("--centre", choices=CENTRES, default=defaults["centre"], help="default %(default)s")
-    p.add_argument("--mask-neighbours", action=argparse.BooleanOptionalAction, default=defaults["mask_neighbours"],
-                   help="replace sources not connected to the central galaxy (default %(default)s)")
-    p.add_argument("--mask-fill", choices=MASK_FILLS, default=defaults["mask_fill"], help="default %(default)s")
-    p.add_argument("--border", type=int, default=defaults["border"],
-                   help="edge width for the background estimate, pixels (default %(default)s)")
-    p.add_argument("--detect-sigma", type=float, default=defaults["detect_sigma"], help="default %(default)s")
-    p.add_argument("--min-size", type=int, default=defaults["min_size"], help="default %(default)s")
-    p.add_argument("--seed", type=int, default=defaults["seed"], help="default %(default)s")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        prepare(args.input, args.output, size=args.size, pixel_scale=args.pixel_scale, centre=args.centre,
-                mask_neighbours=args.mask_neighbours, mask_fill=args.mask_fill, border=args.border,
-                detect_sigma=args.detect_sigma, min_size=args.min_size, seed=args.seed, overwrite=args.overwrite)
-    except InputError as err:
-        log.error("%s", err)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
 """PSFs of the exposures for the sampler: the fixed ones (given, or ePSFs built from stars) and, with a PSF prior,
-the PSF step's model (`psf_step.PSFModel`): its groups, stars, operators and kernel maps."""
+the PSF step's model (`psf.step.PSFModel`): its groups, stars, operators and kernel maps."""
 
 from __future__ import annotations
 
@@ -10,16 +10,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from src.data.epsf import build_epsf, effective_psf_kernel, kernel_offsets
-from src.data.exposure_set import ExposureSet
-from src.data.stars import StarStamps, find_stars_in_flt, load_star_settings
-from src.errors import InputError
-from src.lensing.geometry import ModelGeometry
-from src.priors.checkpoint import load_prior
-
-from .posterior_sde import FluxMap
-from .psf_stars import RESPONSES, KernelMap, StarList, fit_stars, given_psf_star, psf_rows
-from .psf_step import PSFModel, PSFStep, check_psf_prior_scale
+from ...data.observations.exposure_set import ExposureSet
+from ...data.psf.epsf import build_epsf, effective_psf_kernel, kernel_offsets
+from ...data.psf.stars import StarStamps, find_settings, find_stars_in_flt
+from ...errors import InputError
+from ...lensing.geometry import ModelGeometry
+from ...priors.checkpoint import load_prior
+from ..posterior_sde import FluxMap
+from .stars import RESPONSES, KernelMap, StarList, fit_stars, given_psf_star, psf_rows
+from .step import PSFModel, PSFStep, check_psf_prior_scale
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ class PSFData:
     pooled: object = None
 
 
-def exposure_psfs(data: ExposureSet, geometry: ModelGeometry, psf_cfg: Mapping) -> PSFData:
+def exposure_psfs(data: ExposureSet, geometry: ModelGeometry, psf_cfg: Mapping, find: Mapping) -> PSFData:
     """Effective-PSF kernels of the exposures and where each came from.
 
     A given PSF (co-adds) is used as it is. Otherwise the stars of each exposure's file give its ePSF; exposures
@@ -48,7 +47,7 @@ def exposure_psfs(data: ExposureSet, geometry: ModelGeometry, psf_cfg: Mapping) 
     """
     over = int(psf_cfg["epsf_oversampling"])
     size = 2 * (geometry.psf_size * over // (2 * geometry.upsample)) + 1  # ePSF pixels spanning the kernel
-    star_settings = load_star_settings(**(psf_cfg.get("stars") or {}))
+    star_settings = find_settings(find)
     stamps, sources = {}, {}
     for e in data.exposures:
         if e.psf is not None:
@@ -71,7 +70,7 @@ def exposure_psfs(data: ExposureSet, geometry: ModelGeometry, psf_cfg: Mapping) 
             pooled = StarStamps.concatenate(list(stamps.values()), star_settings["stamp_size"])
             if len(pooled.data) < psf_cfg["min_stars_pooled"]:
                 raise InputError(f"{data.name}: {len(pooled.data)} usable stars in all exposures together, "
-                                 f"fewer than {psf_cfg['min_stars_pooled']}; give a PSF or loosen conf/data/stars.yaml")
+                                 f"fewer than {psf_cfg['min_stars_pooled']}; give a PSF or loosen stars.find")
             pooled_epsf = build_epsf(pooled, oversampling=over, size=size)
             log.info("one ePSF from the %d stars of all exposures", len(pooled.data))
         sources[e.name] = ("pooled", own, pooled_epsf, over)
@@ -83,7 +82,7 @@ def exposure_psfs(data: ExposureSet, geometry: ModelGeometry, psf_cfg: Mapping) 
 
 def psf_model(cfg: Mapping, psfs: PSFData, data: ExposureSet, geometry: ModelGeometry, prior_path, device, dtype
               ) -> PSFModel | None:
-    """The PSF step's model (`psf_step.PSFModel`), or None when the PSFs stay fixed (`psf.sample`); prior_path:
+    """The PSF step's model (`psf.step.PSFModel`), or None when the PSFs stay fixed (`psf.sample`); prior_path:
     `priors.psf.path` resolved (None when not set)."""
     pcfg = (cfg["priors"].get("psf") or {})
     want = str(cfg["psf"].get("sample", "auto")).lower()

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from src.data.normalization import PixelNorm
-from src.errors import InputError
+from .normalization import PixelNorm
+from ...errors import InputError
 
 AUGMENTATIONS = ("none", "flips", "dihedral")
 

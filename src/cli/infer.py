@@ -1,0 +1,28 @@
+"""`scorelens-infer` / `python infer.py lens=NAME [overrides]`: posterior samples of a lens model."""
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from ..errors import InputError
+from .config import CONFIG_PATH, register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="infer")
+def main(cfg: DictConfig) -> None:
+    from ..inference.run import infer
+
+    try:
+        infer(cfg, HydraConfig.get().runtime.output_dir, cfg.paths.root_dir)
+    except InputError as err:
+        logging.getLogger("infer").error("%s", err)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
