@@ -19,7 +19,7 @@ from scorelens.data.observations.exposure_set import Exposure
 from scorelens.data.observations.flt import check_compatible, cut_exposure, dq_bitmask, load_exposures, read_flt
 from scorelens.data.simulate.flt_files import cd_matrix, wcs_header
 from scorelens.errors import InputError
-from tests.conftest import CONF, SHARED_DATA
+from tests.conftest import CONF, SHARED_DATA, compose_infer
 
 FLT_CFG = OmegaConf.load(CONF / "observations" / "default.yaml")
 BAD_BITS = list(FLT_CFG.dq_bad_bits)
@@ -270,10 +270,10 @@ def test_mocks_load_into_a_four_exposure_set_with_cosmic_rays_masked(tmp_path):
 
 @pytest.mark.skipif(not J1430.is_dir(), reason="shared data not present")
 def test_j1430_coadd_loads_through_its_lens_config():
-    cfg = OmegaConf.load(CONF / "lens" / "J1430_drz.yaml")
+    cfg = OmegaConf.to_container(compose_infer(["lens=J1430_drz"]).lens)
     # the config crops the co-add to its central `cutout` pixels; without it the whole image is used
     cropped = load_lens(cfg, SHARED_DATA / "slacs_imaging", size=64, dq_bad_bits=BAD_BITS).exposures[0]
-    assert cropped.shape == (cfg.cutout, cfg.cutout)
+    assert cropped.shape == (cfg["cutout"], cfg["cutout"])
     del cfg["cutout"]
     es = load_lens(cfg, SHARED_DATA / "slacs_imaging", size=64, dq_bad_bits=BAD_BITS)
     assert len(es) == 1 and es.name == "J1430_drz"
@@ -294,7 +294,7 @@ def test_j1430_coadd_loads_through_its_lens_config():
 
 @pytest.mark.skipif(not H5_DIR.is_dir(), reason="shared data not present")
 def test_j0959_lenstronomy_h5_loads():
-    cfg = OmegaConf.load(CONF / "lens" / "J0959.yaml")
+    cfg = compose_infer(["lens=J0959"]).lens
     es = load_lens({"name": cfg.name, "ra": cfg.ra, "dec": cfg.dec,
                     "h5": "shajib2020_f555w_h5/image_SDSSJ0959+0410_F555W.h5",
                     "psf_h5": "shajib2020_f555w_h5/psf_SDSSJ0959+0410_F555W.h5"}, SHARED_DATA / "slacs_imaging")

@@ -1,24 +1,24 @@
 """Lens configs: every SLACS lens of the paper composes into conf/infer.yaml with Bolton et al. 2008 values."""
 
 import csv
+import json
 import math
+from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from scorelens.data.catalog import lens_config, pa_to_phi, read_catalog, short_name
 from scorelens.errors import InputError
 from scorelens.lensing.mass import PARAM_NAMES
 
-from .conftest import CONF, SHARED_DATA
+from .conftest import CONF, SHARED_DATA, compose_infer
 
-LENSES = sorted(p.stem for p in (CONF / "lens").glob("*.yaml"))
+LENSES = sorted(p.stem for p in (CONF / "lens").glob("*.yaml"))  # conf/lens/base/ holds no lens
 CATALOG = SHARED_DATA / "catalog" / "slacs_paper31_lenses.csv"
-
-
-def compose_infer(overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="infer", overrides=overrides)
+# Every lens node as it was composed before the lens configs shared conf/lens/base/slacs.yaml (the mock's `mock:`
+# block left out: tests/test_mock.py keeps it equal to MockConfig's defaults)
+NODES = json.loads((Path(__file__).parent / "data" / "lens_nodes.json").read_text())
 
 
 def test_one_config_per_paper_lens():
@@ -38,6 +38,26 @@ def test_infer_config_composes_with_every_lens(lens):
     assert ("exposures" in cfg.lens) != ("image" in cfg.lens)
     if "image" in cfg.lens:
         assert {"noise_map", "psf", "pixel_scale"} <= set(cfg.lens)
+
+
+@pytest.mark.parametrize("lens", LENSES)
+def test_lens_node_is_the_same_as_before_the_base_config(lens):
+    node = OmegaConf.to_container(compose_infer([f"lens={lens}"]).lens)
+    node.pop("mock", None)
+    # the same keys in the same order, the same values of the same types (JSON writes 322 and 322.0 differently)
+    assert json.dumps(node) == json.dumps(NODES[lens])
+
+
+def test_every_lens_is_in_the_reference_nodes():
+    assert sorted(NODES) == LENSES
+
+
+@pytest.mark.parametrize("lens", [n for n in LENSES if n != "mock"])
+def test_a_lens_config_extends_the_base_in_at_most_15_lines(lens):
+    text = (CONF / "lens" / f"{lens}.yaml").read_text()
+    assert len(text.splitlines()) <= 15
+    assert "Bolton et al. 2008, ApJ 682, 964" in text
+    assert OmegaConf.create(text).defaults == ["base/slacs@_here_", "_self_"]
 
 
 def test_j1430_holds_bolton_2008_values():

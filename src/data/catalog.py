@@ -22,6 +22,7 @@ from ..errors import InputError
 log = logging.getLogger(__name__)
 
 CITATION = "Bolton et al. 2008, ApJ 682, 964"
+BASE = "base/slacs"  # conf/lens/base/slacs.yaml, what every SLACS lens config extends
 REQUIRED = ("name", "ra_deg", "dec_deg", "z_lens", "z_source", "b_SIE_arcsec", "q_SIE", "PA_SIE_deg")
 
 
@@ -67,46 +68,47 @@ def read_catalog(path: str | Path) -> list[dict]:
 
 
 def lens_config(rec: dict) -> str:
-    """The YAML text of `conf/lens/<short name>.yaml` for one catalogue row."""
+    """The YAML text of `conf/lens/<short name>.yaml` for one catalogue row.
+
+    The file extends `conf/lens/base/slacs.yaml` (its Hydra `defaults`), which holds the layout and `init`'s fixed
+    parameters (isothermal, no offset, shear or multipoles); the file holds this lens's facts, with plain values
+    so that `--cfg job` shows them as they are.
+    """
     short = short_name(rec["name"])
     phi = pa_to_phi(rec["PA_SIE_deg"])
     roots = rec["rootnames"] or ([rec["snapshot_rootname"]] if rec["snapshot_rootname"] else [])
+    catalog = [f"b_SIE_arcsec: {rec['b_SIE_arcsec']:g}", f"q_SIE: {rec['q_SIE']:g}",
+               f"PA_SIE_deg: {rec['PA_SIE_deg']:g}"]
+    if rec["sigma_sdss_kms"] is not None:
+        catalog.append(f"sigma_sdss_kms: {rec['sigma_sdss_kms']:g}")
     lines = [
         f"# {rec['name']}. Redshifts and SIE model: {CITATION} (Tables 4 and 5).",
-        f"# init: their SIE (b = {rec['b_SIE_arcsec']:g} arcsec, q = {rec['q_SIE']:g}, "
-        f"PA = {rec['PA_SIE_deg']:g} deg east of north) in scorelens' convention, phi = 90 deg - PA.",
+        f"defaults: [{BASE}@_here_, _self_]   # the layout and init's fixed parameters: conf/lens/{BASE}.yaml",
         f"name: {short}",
         f"sdss_name: {rec['name']}",
         f"ra: {rec['ra_deg']:.5f}",
         f"dec: {rec['dec_deg']:.5f}",
         f"z_lens: {rec['z_lens']:g}",
         f"z_source: {rec['z_source']:g}",
-        "init:",
-        f"  theta_E: {rec['b_SIE_arcsec']:g}",
-        "  gamma: 1.0",
-        f"  q: {rec['q_SIE']:g}",
-        f"  phi: {phi:.4f}",
-        "  x0: 0.0",
-        "  y0: 0.0",
-        "  gamma_ext: 0.0",
-        "  phi_ext: 0.0",
-        "  a3: 0.0",
-        "  phi3: 0.0",
-        "  a4: 0.0",
-        "  phi4: 0.0",
-        "catalog:",
-        f"  b_SIE_arcsec: {rec['b_SIE_arcsec']:g}",
-        f"  q_SIE: {rec['q_SIE']:g}",
-        f"  PA_SIE_deg: {rec['PA_SIE_deg']:g}",
+        _padded(f"init: {{theta_E: {rec['b_SIE_arcsec']:g}, q: {rec['q_SIE']:g}, phi: {phi:.4f}}}",
+                "# their SIE: theta_E = b, phi = 90 deg - PA (radians)"),
+        f"catalog: {{{', '.join(catalog)}}}",
     ]
-    if rec["sigma_sdss_kms"] is not None:
-        lines.append(f"  sigma_sdss_kms: {rec['sigma_sdss_kms']:g}")
     if not rec["rootnames"]:
         lines.append("# Only a single snapshot exposure is listed for this lens; add the dithered visit when found.")
     lines.append(f"rootnames: [{', '.join(roots)}]")
-    lines.append("exposures:")
-    lines += [f"  - {short}/{r}_flt.fits" for r in roots]
+    lines += _flow_list("exposures", [f"{short}/{r}_flt.fits" for r in roots])
     return "\n".join(lines) + "\n"
+
+
+def _padded(text: str, comment: str, column: int = 48) -> str:
+    return f"{text:<{column - 1}} {comment}"
+
+
+def _flow_list(key: str, items: list[str], per_line: int = 4) -> list[str]:
+    """`key: [a, b, ...]` as a YAML flow list over lines of `per_line` items (eight exposures take two lines)."""
+    rows = [", ".join(items[i:i + per_line]) for i in range(0, len(items), per_line)]
+    return f"{key}: [{(',' + chr(10) + ' ' * (len(key) + 3)).join(rows)}]".split(chr(10))
 
 
 def write_lens_configs(catalog: str | Path, out_dir: str | Path) -> list[Path]:
