@@ -23,7 +23,7 @@ def test_default_config_builds_consistent_geometry():
 
 @pytest.mark.parametrize(
     "change, message",
-    [({"upsample": 1.5}, "upsample"), ({"psf_size": 0}, "psf_size"), ({"diag_psf_energy": 1.5}, "diag_psf_energy")],
+    [({"upsample": 1.5}, "upsample"), ({"upsample": 0}, "upsample"), ({"psf_size": 0}, "psf_size")],
 )
 def test_bad_values_are_named(change, message):
     cfg = OmegaConf.to_container(OmegaConf.load(CONF))

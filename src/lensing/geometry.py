@@ -16,15 +16,13 @@ from .grid import PixelGrid
 @dataclass(frozen=True)
 class ModelGeometry:
     """upsample: rays (and PSF samples) per detector pixel per axis; psf_size: PSF side in sub-pixels;
-    source, lens_light: the pixelated images' grids; n_terms: power-law series length (None: by dtype);
-    diag_psf_energy: PSF energy kept when computing diag(A A^T) (None: exact)."""
+    source, lens_light: the pixelated images' grids; n_terms: power-law series length (None: by dtype)."""
 
     upsample: int
     psf_size: int
     source: PixelGrid
     lens_light: PixelGrid
     n_terms: int | None = None
-    diag_psf_energy: float | None = None
 
     @classmethod
     def from_config(cls, cfg: Mapping, detector_pixel_scale: float, footprint: float | None = None) -> ModelGeometry:
@@ -48,16 +46,12 @@ class ModelGeometry:
             light_scale = detector_pixel_scale / up
             if footprint is not None:
                 light_scale = max(light_scale, 2.0 * float(footprint) / int(light["n"]))
-        energy = cfg.get("diag_psf_energy")
-        if energy is not None and not 0 < energy <= 1:
-            raise ValueError(f"lensing.diag_psf_energy must be in (0, 1] or null, got {energy}")
         return cls(
             upsample=up,
             psf_size=psf_size,
             source=_pixel_grid(src, src["pixel_scale"]),
             lens_light=_pixel_grid(light, light_scale),
             n_terms=cfg.get("n_terms"),
-            diag_psf_energy=energy,
         )
 
 
