@@ -10,7 +10,6 @@ here, once: phi = 90 deg - PA (radians, counter-clockwise from +x = east), wrapp
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import math

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from ..atomic import atomic_torch_save
 from ..errors import InputError
+from .config import validate_infer_config
 from .figures import make_figures
 from .gibbs import GibbsSampler, Stage
 from .results import write_samples, write_summary
@@ -51,6 +52,7 @@ def _device(cfg) -> torch.device:
 
 def infer(cfg: DictConfig, out_dir: str | Path, root: str | Path) -> dict:
     """Run the whole inference into `out_dir`; returns a summary dict."""
+    validate_infer_config(cfg)  # unknown keys and wrong types fail here, in one line, before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -1,0 +1,323 @@
+"""The schema of the composed infer config (conf/infer.yaml with its groups): the keys that exist and their types.
+
+`validate_infer_config(cfg)` checks a composed config before any work is done, so that a mistyped key
+(`lens.intt`, `observations.skyy`), a value of the wrong type or a required value left unset (`???`) fails at once,
+in one line naming the key and what is allowed, instead of being ignored or failing deep inside a run. Hydra
+itself refuses `key=value` overrides of keys that do not exist; the schema catches what config files (a lens
+config, an experiment) and `+key=value` overrides add.
+
+Some nodes are checked against the code that reads them, so that their keys are named in one place only:
+`stars.find` by `scorelens.data.psf.stars.find_settings`, `stars.epsf` by the keywords of
+`scorelens.data.psf.epsf.build_epsf`, a mock lens's `mock:` block by `MockConfig`. The `sampler` node belongs to
+the sampler: its own validation is called through the hook `validate_sampler_config`.
+
+The check only reads the config: values are not converted (the run's config hash is computed from them as given).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from ..errors import InputError
+from ..lensing.mass import PARAM_NAMES
+
+Number = int | float  # YAML writes 3 and 3.0 differently; both are numbers here
+
+
+# ------------------------------------------------------------------------------------------------------ lens
+
+# The chains' starting mass model: every parameter of DESIGN.md, by name
+MassInit = dataclasses.make_dataclass("MassInit", [(name, float, field(default=MISSING)) for name in PARAM_NAMES])
+
+
+@dataclass
+class CatalogEntry:
+    """A SLACS lens's SIE model as published (Bolton et al. 2008, Table 5): the record its `init` comes from."""
+
+    b_SIE_arcsec: float = MISSING
+    q_SIE: float = MISSING
+    PA_SIE_deg: float = MISSING      # degrees east of north
+    sigma_sdss_kms: float | None = None
+
+
+@dataclass
+class LensConfig:
+    """conf/lens/NAME.yaml. Data: `exposures` (FLT/FLC files, with `mask` or `masks`), or a co-add (`image`,
+    `noise_map`, `psf`, `pixel_scale`, `psf_oversampling`, `mask`, `cutout`), or lenstronomy HDF5 (`h5`, `psf_h5`,
+    `filter`); `scorelens.data.observations.coadd.load_lens` says which combinations it takes."""
+
+    name: str = MISSING
+    sdss_name: str | None = None
+    ra: float = MISSING              # degrees
+    dec: float = MISSING
+    z_lens: float | None = None
+    z_source: float | None = None
+    init_from: str | None = None     # catalog (mocks): theta_E, q, phi from the mock's simulated catalogue entry
+    init: MassInit = field(default_factory=MassInit)
+    catalog: CatalogEntry | None = None
+    rootnames: list[str] | None = None   # MAST rootnames of `exposures` (scorelens-data mast)
+    exposures: Any = None            # a path or a list of paths
+    mask: str | None = None
+    masks: list[str | None] | None = None
+    image: str | None = None
+    noise_map: str | None = None
+    psf: str | None = None
+    pixel_scale: float | None = None
+    psf_oversampling: int | None = None
+    h5: str | None = None
+    psf_h5: str | None = None
+    filter: str | None = None
+    cutout: int | None = None
+    mock: dict[str, Any] | None = None   # a simulated lens: MockConfig's settings and `out_dir`
+
+
+# --------------------------------------------------------------------------------- model, data and priors
+
+
+@dataclass
+class SourceGrid:
+    n: int = MISSING
+    pixel_scale: float = MISSING     # arcsec
+    x0: float = 0.0
+    y0: float = 0.0
+
+
+@dataclass
+class LensLightGrid(SourceGrid):
+    pixel_scale: float | None = None  # null: from the detector and the exposures' footprint
+
+
+@dataclass
+class LensingConfig:
+    """conf/lensing (`scorelens.lensing.geometry.ModelGeometry.from_config`)."""
+
+    upsample: int = MISSING
+    psf_size: int = MISSING
+    source: SourceGrid = field(default_factory=SourceGrid)
+    lens_light: LensLightGrid = field(default_factory=LensLightGrid)
+    n_terms: int | None = None
+
+
+@dataclass
+class ObservationsConfig:
+    """conf/observations: how FLT/FLC files become cutouts."""
+
+    cutout: int = MISSING
+    dq_bad_bits: list[int] = MISSING
+    sky: Any = "header"              # header, median, none or a number
+
+
+@dataclass
+class StarsConfig:
+    """conf/stars; keys checked against their readers (`_check_stars`)."""
+
+    find: dict[str, Any] = MISSING
+    epsf: dict[str, Any] = MISSING
+
+
+@dataclass
+class PriorFile:
+    path: str | None = None
+
+
+@dataclass
+class PSFPriorFile(PriorFile):
+    pixel_scale: float | None = None  # arcsec per prior pixel
+    response: str = "effective"       # effective or optical
+
+
+@dataclass
+class PriorsConfig:
+    source: PriorFile | None = field(default_factory=PriorFile)
+    lens_light: PriorFile | None = field(default_factory=PriorFile)
+    psf: PSFPriorFile | None = field(default_factory=PSFPriorFile)
+
+
+@dataclass
+class FluxScale:
+    scale: Number | str = "auto"     # data units per network unit, or auto
+    net_peak: float = MISSING
+
+
+@dataclass
+class FluxConfig:
+    peak_percentile: float = MISSING
+    source: FluxScale = field(default_factory=FluxScale)
+    lens_light: FluxScale = field(default_factory=FluxScale)
+
+
+@dataclass
+class PSFConfig:
+    """The `psf` node: ePSFs from stars, and sampling the PSFs with a PSF prior (`inference/psf/setup.py`)."""
+
+    epsf_oversampling: int = MISSING
+    min_stars: int = MISSING
+    min_stars_pooled: int = MISSING
+    sample: bool | str = "auto"      # auto, true or false
+    min_stars_sampled: int = 1
+    refine_rounds: int = 2
+    given: str = "fixed"             # fixed or sample
+    given_noise: float = 0.01
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = MISSING
+    mode: str = "offline"
+    project: str = "scorelens"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    data_dir: str = MISSING
+    log_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class InferConfig:
+    """The composed config of `python infer.py` (conf/infer.yaml)."""
+
+    seed: int = MISSING
+    resume: bool | str = "auto"      # auto, false, ...
+    priors: PriorsConfig = field(default_factory=PriorsConfig)
+    flux: FluxConfig = field(default_factory=FluxConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    psf: PSFConfig = field(default_factory=PSFConfig)
+    lens: LensConfig = field(default_factory=LensConfig)
+    lensing: LensingConfig = field(default_factory=LensingConfig)
+    sampler: Any = None              # the sampler's own schema: validate_sampler_config
+    observations: ObservationsConfig = field(default_factory=ObservationsConfig)
+    stars: StarsConfig = field(default_factory=StarsConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+# ------------------------------------------------------------------------------------------------ checking
+
+
+def validate_infer_config(cfg: DictConfig | Mapping) -> None:
+    """Check a composed infer config against the schema; raises InputError (one line) naming the first unknown
+    key and the keys allowed there, a value of the wrong type, or a required value left unset. Reads only."""
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(InferConfig), node)
+    except ConfigKeyError as err:
+        parent, _, _ = (err.full_key or "").rpartition(".")
+        raise InputError(_message(err.full_key, _fields_at(parent))) from None
+    except OmegaConfBaseException as err:  # a value of the wrong type, or a value where settings belong
+        key = err.full_key or _value_for_group(InferConfig, node)
+        if key and _dataclass_of(_hint_at(key)) is not None:
+            raise InputError(f"config key {key} holds settings ({', '.join(_fields_at(key))}), not a value") \
+                from None
+        raise InputError(f"config key {key}: {_first_line(err)}") from None
+    missing = _missing(merged)
+    if missing:
+        raise InputError(f"config value(s) {', '.join(missing)} not set (??? or absent); set them in the config "
+                         "files or on the command line")
+    _check_stars(node["stars"])
+    if node.lens.get("mock") is not None:
+        _check_mock(node.lens.mock)
+    validate_sampler_config(node.get("sampler"))
+
+
+def validate_sampler_config(sampler: Any) -> None:
+    """The hook for the `sampler` node's own validation (its stages and the SDE settings they share), which the
+    sampler defines; every content passes until it is called from here."""
+
+
+def _missing(node: DictConfig, prefix: str = "") -> list[str]:
+    """Full keys of the values left at ??? (OmegaConf.missing_keys would resolve interpolations: `${hydra:...}`
+    resolves only inside a run)."""
+    out = []
+    for key in node:
+        if OmegaConf.is_missing(node, key):
+            out.append(f"{prefix}{key}")
+        elif not OmegaConf.is_interpolation(node, key) and isinstance(node[key], DictConfig):
+            out += _missing(node[key], f"{prefix}{key}.")
+    return out
+
+
+def _check_stars(stars: DictConfig) -> None:
+    from ..data.psf.epsf import build_epsf
+    from ..data.psf.stars import find_settings
+
+    find_settings(stars.find)  # names unknown and missing star-finding settings
+    # stars.epsf: min_stars for scorelens-data psfs build, the rest build_epsf's keywords
+    allowed = {"min_stars"} | set(inspect.signature(build_epsf).parameters) - {"stamps"}
+    _check_names("stars.epsf", stars.epsf, allowed)
+
+
+def _check_mock(block: DictConfig) -> None:
+    from ..data.simulate.mock import MockConfig
+
+    # the lens's own name, ra, dec and redshifts complete the MockConfig
+    top = {"name", "ra", "dec", "z_lens", "z_source"}
+    _check_names("lens.mock", block, {"out_dir"} | {f.name for f in dataclasses.fields(MockConfig)} - top)
+
+
+def _check_names(where: str, node: Mapping, allowed: set[str]) -> None:
+    for key in node:
+        if key not in allowed:
+            raise InputError(_message(f"{where}.{key}", sorted(allowed)))
+
+
+def _hint_at(path: str) -> Any:
+    """The schema's type hint of a dotted key (InferConfig for ''; None where the schema has no such key)."""
+    hint: Any = InferConfig
+    for part in filter(None, path.split(".")):
+        cls = _dataclass_of(hint)
+        hint = None if cls is None else typing.get_type_hints(cls).get(part)
+    return hint
+
+
+def _dataclass_of(hint: Any) -> type | None:
+    """The dataclass of a hint (`X` or `X | None`), else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    return next((a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)), None)
+
+
+def _fields_at(path: str) -> list[str]:
+    """The keys the schema allows under a dotted key."""
+    cls = _dataclass_of(_hint_at(path))
+    return [] if cls is None else [f.name for f in dataclasses.fields(cls)]
+
+
+def _value_for_group(cls: type, node: DictConfig, prefix: str = "") -> str | None:
+    """The first key where the config gives a single value for a group of settings (OmegaConf's merge error does
+    not name it)."""
+    hints = typing.get_type_hints(cls)
+    for key in node:
+        sub = _dataclass_of(hints.get(key))
+        if sub is None or OmegaConf.is_interpolation(node, key) or node[key] is None:
+            continue
+        if not isinstance(node[key], DictConfig):
+            return f"{prefix}{key}"
+        found = _value_for_group(sub, node[key], f"{prefix}{key}.")
+        if found:
+            return found
+    return None
+
+
+def _message(full_key: str, allowed: list[str]) -> str:
+    parent, _, key = full_key.rpartition(".")
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
+    return f"unknown config key {full_key}{hint}; {parent or 'the top level'} allows: {', '.join(allowed)}"
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__

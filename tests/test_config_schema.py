@@ -1,0 +1,162 @@
+"""The schema of the infer config: every lens with every infer experiment validates; unknown keys, values of the
+wrong type and unset values fail in one line that names the key."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from scorelens.errors import InputError
+from scorelens.inference.config import validate_infer_config
+from scorelens.lensing.mass import PARAM_NAMES
+
+from .conftest import CONF, ROOT, compose_infer
+
+LENSES = sorted(p.stem for p in (CONF / "lens").glob("*.yaml"))
+INFER_EXPERIMENTS = ["demo", "infer_smoke"]  # with conf/infer.yaml; the others configure train.py
+TRAIN_EXPERIMENTS = ["demo_lens_light", "demo_psf", "demo_source", "smoke"]
+
+
+def rejects(overrides, *names):
+    """The InputError's message for a composed config that must fail; it is one line and names each of `names`."""
+    with pytest.raises(InputError) as err:
+        validate_infer_config(compose_infer(overrides))
+    message = str(err.value)
+    assert "\n" not in message
+    for name in names:
+        assert name in message
+    return message
+
+
+def test_every_experiment_is_known_as_infer_or_train():
+    assert sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")) == sorted(INFER_EXPERIMENTS
+                                                                                  + TRAIN_EXPERIMENTS)
+
+
+@pytest.mark.parametrize("lens", LENSES)
+def test_every_lens_with_every_infer_experiment_validates(lens):
+    for experiment in [None, *INFER_EXPERIMENTS]:
+        cfg = compose_infer([f"lens={lens}"] + ([f"experiment={experiment}"] if experiment else []))
+        before = OmegaConf.to_yaml(cfg)
+        validate_infer_config(cfg)
+        assert OmegaConf.to_yaml(cfg) == before  # read only: the run's config hash sees the values as given
+
+
+def test_a_plain_mapping_validates_too():
+    validate_infer_config(OmegaConf.to_container(compose_infer(["lens=J1430"])))
+
+
+@pytest.mark.parametrize("overrides, key, allowed", [
+    (["+lens.intt=1"], "lens.intt", "lens.init"),                       # a typo, and the key it resembles
+    (["+observations.skyy=median"], "observations.skyy", "observations.sky"),
+    (["+lens.init.thetaE=1.5"], "lens.init.thetaE", "lens.init.theta_E"),
+    (["+lensing.source.size=64"], "lensing.source.size", "pixel_scale"),
+    (["+priors.psf.scale=0.02"], "priors.psf.scale", "pixel_scale"),
+    (["+lens.catalog.b=1.5"], "lens.catalog.b", "b_SIE_arcsec"),
+    (["+flux.sources.scale=1"], "flux.sources", "flux.source"),
+    (["+lensing.diag_psf_energy=0.99"], "lensing.diag_psf_energy", "n_terms"),  # removed: nothing read it
+    (["+samples=3"], "samples", "sampler"),
+])
+def test_an_unknown_key_in_an_override_is_named_with_what_is_allowed(overrides, key, allowed):
+    message = rejects(["lens=J1430", *overrides], key, allowed)
+    assert message.startswith(f"unknown config key {key}")
+
+
+def test_an_override_of_a_key_that_does_not_exist_is_refused_by_hydra():
+    with pytest.raises(ConfigCompositionException, match="lens.intt"):
+        compose_infer(["lens=J1430", "lens.intt=1"])
+
+
+@pytest.fixture
+def searchpath(tmp_path):
+    """A config folder searched after conf/: lens configs and experiments with mistakes, without touching conf/."""
+    for group in ("lens", "experiment"):
+        (tmp_path / group).mkdir()
+    return f"hydra.searchpath=[file://{tmp_path}]", tmp_path
+
+
+def test_an_unknown_key_in_a_lens_file_is_named(searchpath):
+    override, folder = searchpath
+    text = (CONF / "lens" / "J1430.yaml").read_text().replace("init:", "intt:")
+    (folder / "lens" / "typo.yaml").write_text(text)
+    rejects([override, "lens=typo"], "unknown config key lens.intt", "lens.init")
+
+
+def test_an_unknown_key_in_an_experiment_is_named(searchpath):
+    override, folder = searchpath
+    (folder / "experiment" / "typo.yaml").write_text("# @package _global_\nobservations:\n  skyy: median\n")
+    rejects([override, "lens=J1430", "experiment=typo"], "unknown config key observations.skyy", "observations.sky")
+
+
+def test_an_unknown_key_of_a_mock_lens_is_named():
+    rejects(["lens=mock", "+lens.mock.seeed=2"], "unknown config key lens.mock.seeed", "lens.mock.seed")
+    rejects(["lens=mock", "+lens.mock.z_lens=0.3"], "lens.mock.z_lens")  # the lens's own z_lens is the mock's
+
+
+def test_star_and_epsf_settings_are_checked_by_their_readers():
+    rejects(["lens=J1430", "+stars.find.snrmin=30"], "stars.find", "snrmin", "snr_min")
+    rejects(["lens=J1430", "~stars.find.snr_min"], "snr_min", "missing")
+    rejects(["lens=J1430", "+stars.epsf.iterations=5"], "unknown config key stars.epsf.iterations", "maxiters")
+
+
+@pytest.mark.parametrize("override, key", [
+    ("lens.ra=north", "lens.ra"),
+    ("observations.cutout=64.5", "observations.cutout"),
+    ("seed=first", "seed"),
+    ("observations.dq_bad_bits=[4,cosmic]", "observations.dq_bad_bits[1]"),
+    ("wandb.enabled=sometimes", "wandb.enabled"),
+])
+def test_a_value_of_the_wrong_type_is_named(override, key):
+    rejects(["lens=J1430", override], f"config key {key}:")
+
+
+@pytest.mark.parametrize("override, key", [("lensing.source=64", "lensing.source"), ("lens.init=1.5", "lens.init")])
+def test_a_value_where_settings_belong_is_named_with_the_settings(override, key):
+    rejects(["lens=J1430", override], f"config key {key} holds settings", "pixel_scale" if "source" in key else "q")
+
+
+def test_unset_values_are_named():
+    rejects(["lens=J1430", "~lens.init.q"], "lens.init.q", "not set")
+    # the base of the SLACS configs is no lens of its own: what each lens must give is named
+    message = rejects(["lens=base/slacs"], "lens.name", "lens.ra", "lens.catalog.b_SIE_arcsec")
+    assert "lens.init.gamma" not in message  # given by the base
+
+
+def test_every_mass_parameter_is_an_init_key():
+    message = rejects(["lens=J1430", "+lens.init.b=1"], "lens.init.b")
+    assert message.endswith("lens.init allows: " + ", ".join(PARAM_NAMES))
+
+
+def test_values_the_code_accepts_still_validate():
+    for overrides in (["flux.source.scale=120"], ["flux.source.scale=1.5e3"], ["psf.sample=true"], ["resume=false"],
+                      ["observations.sky=3.5"], ["observations.sky=median"], ["priors.psf=null"],
+                      ["lens.exposures=J1430/j9op36bfq_flt.fits"], ["lensing.n_terms=40"]):
+        validate_infer_config(compose_infer(["lens=J1430", *overrides]))
+
+
+def test_the_sampler_node_is_left_to_its_own_schema():
+    validate_infer_config(compose_infer(["lens=J1430", "+sampler.anything={a: 1}"]))
+
+
+def test_infer_stops_before_any_work(tmp_path):
+    from scorelens.inference.run import infer
+
+    cfg = compose_infer(["lens=J1430", "+observations.skyy=median"])
+    with pytest.raises(InputError, match="observations.skyy"):
+        infer(cfg, tmp_path / "run", ROOT)
+    assert not (tmp_path / "run").exists()
+
+
+def test_infer_py_prints_one_line_and_exits_2(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([sys.executable, str(ROOT / "infer.py"), "lens=J1430", "+lens.intt=1",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out
+    lines = [line for line in out.splitlines() if "unknown config key" in line]
+    assert len(lines) == 1 and "lens.intt" in lines[0] and "lens.init" in lines[0]
