@@ -6,7 +6,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF, compose_train, run_train
+from tests.conftest import CONF, compose_infer, compose_train, run_train
 
 PAPER = {  # prior: (sigma_min, sigma_max, image size, batch size)
     "source": (1e-5, 500, 256, 4),
@@ -74,3 +74,65 @@ def test_slurm_launcher_starts_one_task_per_gpu(tmp_path):
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
+
+
+# experiment: (the config it is for, the rest of its documented command)
+EXPERIMENTS = {
+    "smoke": ("train", ["prior=lens_light"]),
+    "demo_source": ("train", ["prior=source_sim"]),
+    "demo_lens_light": ("train", ["prior=lens_light"]),
+    "demo_psf": ("train", ["prior=psf_sim"]),
+    "demo": ("infer", ["lens=mock"]),
+    "infer_smoke": ("infer", ["lens=mock"]),
+}
+
+
+def experiment_settings(path) -> tuple[dict, list[str]]:
+    """The values an experiment file sets, its bases' included, as {dotted key: value}, and its group overrides."""
+    text = yaml.safe_load(path.read_text())
+    values, groups = {}, []
+    for entry in text.pop("defaults", []):
+        if isinstance(entry, dict):  # {"override /net": "tiny"}
+            ((key, option),) = entry.items()
+            groups.append(f"{key.removeprefix('override /')}={option}")
+        elif entry != "_self_":      # a base of this experiment, relative to conf/experiment
+            base_values, base_groups = experiment_settings(CONF / "experiment" / f"{entry}.yaml")
+            values.update(base_values)
+            groups += base_groups
+
+    def flatten(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                flatten(value, f"{prefix}{key}.")
+            else:
+                values[f"{prefix}{key}"] = value
+
+    flatten(text)
+    return values, groups
+
+
+def test_every_experiment_is_checked():
+    assert sorted(EXPERIMENTS) == sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
+def test_an_experiment_overrides_only_what_differs(tmp_path, experiment):
+    """Every value an experiment (or its base) sets differs from what the command composes without it; the
+    `sampler` node is left to the sampler's own configs."""
+    config, command = EXPERIMENTS[experiment]
+    values, groups = experiment_settings(CONF / "experiment" / f"{experiment}.yaml")
+    if config == "train":
+        base = compose_train([*command, *groups], tmp_path / "base")
+        cfg = compose_train([*command, f"experiment={experiment}"], tmp_path / "run")
+    else:
+        base, cfg = compose_infer([*command, *groups]), compose_infer([*command, f"experiment={experiment}"])
+
+    def plain(node, key):
+        value = OmegaConf.select(node, key)
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+    checked = [key for key in values if not key.startswith("sampler.")]
+    assert checked
+    for key in checked:
+        assert plain(cfg, key) == values[key], key
+        assert plain(base, key) != values[key], f"{experiment} sets {key} to the value it has anyway"
