@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from scorelens.data.catalog import lens_config, pa_to_phi, read_catalog, short_name
+from scorelens.data.catalog import lens_config, pa_to_phi, read_catalog, short_name, write_lens_configs
 from scorelens.errors import InputError
+from scorelens.inference.config import validate_infer_config
 from scorelens.lensing.mass import PARAM_NAMES
 
 from .conftest import CONF, SHARED_DATA, compose_infer
@@ -81,6 +82,28 @@ def test_configs_carry_the_catalogue():
         assert (CONF / "lens" / f"{short_name(rec['name'])}.yaml").read_text() == lens_config(rec)
     with CATALOG.open() as f:
         assert len(list(csv.DictReader(f))) == 31
+
+
+def test_a_written_config_composes_to_its_catalogue_row(tmp_path):
+    """The writer's short form, through the base: eight exposures, no velocity dispersion, PA 30 deg."""
+    roots = [f"jtest00{i}q" for i in range(8)]
+    (tmp_path / "cat.csv").write_text(
+        "name,ra_deg,dec_deg,z_lens,z_source,b_SIE_arcsec,q_SIE,PA_SIE_deg,sigma_sdss_kms,acs_f814w_dither_rootnames\n"
+        f"SDSSJ1234+5678,188.512345,56.9,0.21,0.71,1.13,0.75,30,,{';'.join(roots)}\n")
+    (path,) = write_lens_configs(tmp_path / "cat.csv", tmp_path / "lens")
+    assert path.name == "J1234.yaml" and len(path.read_text().splitlines()) <= 15
+    cfg = compose_infer([f"hydra.searchpath=[file://{tmp_path}]", "lens=J1234"])
+    validate_infer_config(cfg)
+    lens = OmegaConf.to_container(cfg.lens)
+    assert list(lens) == ["name", "sdss_name", "ra", "dec", "z_lens", "z_source", "init", "catalog", "rootnames",
+                          "exposures"]
+    assert (lens["name"], lens["sdss_name"], lens["ra"], lens["dec"]) == ("J1234", "SDSSJ1234+5678", 188.51235, 56.9)
+    assert (lens["z_lens"], lens["z_source"]) == (0.21, 0.71)
+    assert lens["init"] == {"theta_E": 1.13, "gamma": 1.0, "q": 0.75, "phi": round(math.radians(60), 4),
+                            **{k: 0.0 for k in PARAM_NAMES[4:]}}
+    assert list(lens["init"]) == list(PARAM_NAMES)
+    assert lens["catalog"] == {"b_SIE_arcsec": 1.13, "q_SIE": 0.75, "PA_SIE_deg": 30}
+    assert lens["rootnames"] == roots and lens["exposures"] == [f"J1234/{r}_flt.fits" for r in roots]
 
 
 def test_bad_catalogue_is_named(tmp_path):

@@ -6,6 +6,9 @@ four-point dithered ACS/WFC F814W exposures (`;`-separated). Position angles are
 here, once: phi = 90 deg - PA (radians, counter-clockwise from +x = east), wrapped to [-pi/2, pi/2).
 
     scorelens-data catalog CSV OUT_DIR      # writes OUT_DIR/J0029.yaml ... from the catalogue
+
+Each file extends `conf/lens/base/slacs.yaml` through its Hydra defaults (`lens/base/slacs` must be on Hydra's
+search path: conf/ is, wherever OUT_DIR is).
 """
 
 from __future__ import annotations
@@ -107,7 +110,8 @@ def _padded(text: str, comment: str, column: int = 48) -> str:
 def _flow_list(key: str, items: list[str], per_line: int = 4) -> list[str]:
     """`key: [a, b, ...]` as a YAML flow list over lines of `per_line` items (eight exposures take two lines)."""
     rows = [", ".join(items[i:i + per_line]) for i in range(0, len(items), per_line)]
-    return f"{key}: [{(',' + chr(10) + ' ' * (len(key) + 3)).join(rows)}]".split(chr(10))
+    indent = " " * (len(key) + 3)
+    return (f"{key}: [" + f",\n{indent}".join(rows) + "]").splitlines()
 
 
 def write_lens_configs(catalog: str | Path, out_dir: str | Path) -> list[Path]:
