@@ -169,7 +169,7 @@ def test_a_saved_state_is_refused_with_resume_false_or_other_settings(smoke_run)
     run_dir.mkdir()
     shutil.copy(out / "state.pt", run_dir / "state.pt")
     for extra, message in ((["resume=false"], "exists and resume=false"),
-                           (["sampler.stages.finetune.sde.steps=11"], "written with other sampling settings")):
+                           (["sampler.stages.finetune.mala_steps=6"], "written with other sampling settings")):
         proc = run_infer([*args, *extra, f"hydra.run.dir={run_dir}"], tmp, check=False)
         err = proc.stdout + proc.stderr
         assert proc.returncode == 2 and message in err and "Traceback" not in err, err[-2000:]
