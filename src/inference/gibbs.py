@@ -7,9 +7,10 @@ One sweep at temperature T (likelihood variance inflated T times), `GibbsSampler
 2. mass block, (mass, shifts) | S, L, P: MALA steps on the exact (tempered) likelihood times the parameter prior;
 3. lens-light block, L | S, M, P: like S;
 4. PSF block, P | stars: with a PSF prior (`psf/step.py`), each chain's P drawn from the stars by the reverse
-   posterior SDE every `sampler.psf.every` sweeps (and when the chain starts); the sweep is recorded before this
-   block, so a recorded sample's images and mass go with the P they were drawn under. Without a PSF prior, the
-   given PSFs (co-adds) or the ePSFs built from the exposures' stars are held fixed.
+   posterior SDE for every `sampler.psf.every`-th sweep (and when the chain starts; none after the run's last
+   sweep); the sweep is recorded before this block, so a recorded sample's images and mass go with the P they were
+   drawn under. Without a PSF prior, the given PSFs (co-adds) or the ePSFs built from the exposures' stars are held
+   fixed.
 
 Each block gets what it conditions on as arguments: the current state, and the forward model's PSF kernels,
 computed once per sweep from P. The stages and their schedules are in `stages.py`; the state, random generator
