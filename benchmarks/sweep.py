@@ -32,12 +32,14 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.timing import device_name, synchronize  # noqa: E402
 from scorelens.data.psf.epsf import kernel_offsets  # noqa: E402
 from scorelens.data.training.normalization import PixelNorm  # noqa: E402
-from scorelens.inference.gibbs import GibbsSampler, Problem, Stage  # noqa: E402
+from scorelens.inference.gibbs import GibbsSampler, Problem  # noqa: E402
 from scorelens.inference.likelihood import GaussianLikelihood  # noqa: E402
 from scorelens.inference.parameters import ParameterSpace  # noqa: E402
 from scorelens.inference.posterior_sde import FluxMap  # noqa: E402
 from scorelens.inference.psf.stars import KernelMap, StarList, psf_rows  # noqa: E402
 from scorelens.inference.psf.step import PSFModel, PSFStep  # noqa: E402
+from scorelens.inference.sde_settings import SDESettings  # noqa: E402
+from scorelens.inference.stages import Stage  # noqa: E402
 from scorelens.lensing.forward import ForwardModel  # noqa: E402
 from scorelens.lensing.grid import ExposureGrid, PixelGrid  # noqa: E402
 from scorelens.priors.ncsnpp import NCSNpp  # noqa: E402
@@ -133,7 +135,7 @@ def psf_step(args, kernels, device, dtype) -> PSFModel:
     cfg.update(channels=1, resolution=n)
     prior = ScorePrior(NCSNpp(**cfg), VESDE(1e-3, 100.0), "psf", PixelNorm(0.01)).to(device=device,
                                                                                       dtype=dtype).eval()
-    settings = PSFStep(every=1, sde_steps=args.steps, corrector_steps=args.corrector)
+    settings = PSFStep(every=1, sde=SDESettings(steps=args.steps, corrector_steps=args.corrector))
     return PSFModel(prior, FluxMap(0.01), stars, np.repeat(np.arange(args.exposures), args.stars), args.exposures,
                     np.full(m, over), "effective", kmap, settings, dtype=dtype, device=device)
 
@@ -144,14 +146,16 @@ def main(argv=None) -> None:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
     sampler, init = build(args, device, dtype)
-    stage = Stage(name="bench", sweeps=args.repeats + 1, temperature=(1.0, 1.0), t_start=args.t_start,
-                  sde_steps=args.steps, corrector_steps=args.corrector, covariance="rowsum", sigma_end=0.1,
+    sde = SDESettings(steps=args.steps, corrector_steps=args.corrector, covariance="rowsum", t_start=args.t_start,
+                      sigma_end=0.1)
+    stage = Stage(name="bench", sweeps=args.repeats + 1, temperature=(1.0, 1.0), sde=sde,
                   mala_steps=args.mala_steps, burn_in=args.repeats + 1)
     state = sampler.initial_state(init, args.chains, seed=0)
     with torch.no_grad():  # images to re-noise from, as in a running chain
-        for kind in ("source", "lens_light"):
-            sampler.update_image(state, kind, Stage(name="w", sweeps=1, sde_steps=2), 1.0, 1.0,
-                                 sampler.generator(state))
+        kernels, gen = sampler.kernels(state.psf), state.generator()
+        quick = SDESettings(steps=2, corrector_steps=1, covariance="diag")
+        state.source = sampler.image_block("source", state, kernels, quick, 1.0, 1.0, gen)
+        state.lens_light = sampler.image_block("lens_light", state, kernels, quick, 1.0, 1.0, gen)
 
     # baseline: one network call for all chains, per prior
     x = torch.randn(args.chains, 1, args.size, args.size, device=device, dtype=dtype)

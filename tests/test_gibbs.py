@@ -8,10 +8,13 @@ import pytest
 import torch
 
 from scorelens.errors import InputError
-from scorelens.inference.gibbs import GibbsSampler, Problem, Stage
+from scorelens.inference.gibbs import GibbsSampler, Problem
 from scorelens.inference.likelihood import GaussianLikelihood
 from scorelens.inference.parameters import ParameterSpace
 from scorelens.inference.posterior_sde import FluxMap
+from scorelens.inference.sde_settings import SDESettings
+from scorelens.inference.stages import Stage, stages_from_config
+from scorelens.inference.state import SamplerState
 from scorelens.lensing.forward import ForwardModel
 from scorelens.lensing.grid import ExposureGrid, PixelGrid
 from scorelens.priors.sde import VESDE
@@ -26,13 +29,15 @@ PARAMS = dict(theta_E=dict(uniform=[0.3, 2], scale=0.005), gamma=dict(normal=[1,
               gamma_ext=dict(uniform=[0, 0.3], scale=0.005), phi_ext=dict(periodic=P, scale=0.05),
               a3=dict(normal=[0, 0.01], scale=0.003), phi3=dict(periodic=2 * P / 3, scale=0.1),
               a4=dict(normal=[0, 0.01], scale=0.003), phi4=dict(periodic=P / 2, scale=0.1))
-STAGES = [
-    dict(name="init", sweeps=3, temperature=[20, 5], first_t_start=1.0, sde_steps=50, covariance="rowsum",
-         mala_steps=20, burn_in=3),
-    dict(name="anneal", sweeps=8, temperature=[5, 1], sde_steps=30, covariance="rowsum", mala_steps=10, burn_in=4),
-    dict(name="finetune", sweeps=4, temperature=1, t_start=0.2, sde_steps=20, covariance="rowsum", mala_steps=10,
-         record=3),
-]
+SAMPLER = {  # the `sampler` config's SDE defaults and stages, as conf/sampler/ writes them
+    "sde": dict(corrector_steps=1, covariance="rowsum", t_start=0.3, sigma_end=None),
+    "stages": dict(
+        init=dict(sweeps=3, temperature=[20, 5], first_t_start=1.0, mala_steps=20, burn_in=3, sde=dict(steps=50)),
+        anneal=dict(sweeps=8, temperature=[5, 1], mala_steps=10, burn_in=4, sde=dict(steps=30)),
+        finetune=dict(sweeps=4, temperature=1, mala_steps=10, record=3, sde=dict(steps=20, t_start=0.2)),
+    ),
+}
+STAGES = SAMPLER["stages"]
 
 
 def build():
@@ -60,7 +65,7 @@ def build():
 @pytest.fixture(scope="module")
 def finished():
     sampler, init = build()
-    stages = [Stage.from_config(s) for s in STAGES]
+    stages = stages_from_config(SAMPLER)
     seen = []
     state = sampler.run(sampler.initial_state(init, 6, seed=3), stages,
                         on_sweep=lambda stage, k, m: seen.append((stage.name, k, m)))
@@ -69,11 +74,11 @@ def finished():
 
 def test_stages_run_in_order_with_their_schedules(finished):
     _, state, seen = finished
-    assert [(n, k) for n, k, _ in seen] == [(s["name"], k) for s in STAGES for k in range(s["sweeps"])]
+    assert [(n, k) for n, k, _ in seen] == [(name, k) for name, s in STAGES.items() for k in range(s["sweeps"])]
     temps = [m["temperature"] for n, _, m in seen if n == "anneal"]
     assert temps[0] == pytest.approx(5.0) and temps[-1] == pytest.approx(1.0)
     assert all(a > b for a, b in zip(temps, temps[1:], strict=False))
-    assert len(state["records"]) == 3 and state["stage"] == len(STAGES)
+    assert len(state.records) == 3 and state.stage == len(STAGES)
     # MALA adapts toward its target during burn-in, and stays finite
     accept = [m["acceptance"] for *_, m in seen]
     assert 0.05 < sum(accept) / len(accept) < 0.95
@@ -82,7 +87,7 @@ def test_stages_run_in_order_with_their_schedules(finished):
 
 def test_recovers_the_einstein_radius(finished):
     sampler, state, seen = finished
-    v = torch.cat([r["v"] for r in state["records"]])
+    v = torch.cat([r.v for r in state.records])
     mass, _ = sampler.p.space.split(v)
     assert abs(mass["theta_E"].median().item() - TRUTH["theta_E"]) < 0.02 * TRUTH["theta_E"]
     assert seen[-1][2]["chi2"][0] < seen[0][2]["chi2"][0]
@@ -91,7 +96,7 @@ def test_recovers_the_einstein_radius(finished):
 def test_resumed_run_equals_uninterrupted(finished):
     _, reference, _ = finished
     sampler, init = build()
-    stages = [Stage.from_config(s) for s in STAGES]
+    stages = stages_from_config(SAMPLER)
     saved = {}
 
     class Killed(Exception):
@@ -99,7 +104,7 @@ def test_resumed_run_equals_uninterrupted(finished):
 
     def save(state, limit=[6]):  # noqa: B006 - a counter shared across calls
         buf = io.BytesIO()
-        torch.save(state, buf)
+        torch.save(state.state_dict(), buf)
         saved["bytes"] = buf.getvalue()
         limit[0] -= 1
         if limit[0] == 0:
@@ -107,25 +112,69 @@ def test_resumed_run_equals_uninterrupted(finished):
 
     with pytest.raises(Killed):
         sampler.run(sampler.initial_state(init, 6, seed=3), stages, save=save)
-    state = torch.load(io.BytesIO(saved["bytes"]), weights_only=True)
+    state = SamplerState.from_state_dict(torch.load(io.BytesIO(saved["bytes"]), weights_only=True))
     sampler, _ = build()
     state = sampler.run(state, stages)
-    torch.testing.assert_close(state["v"], reference["v"], rtol=0, atol=0)
-    torch.testing.assert_close(state["source"], reference["source"], rtol=0, atol=0)
+    torch.testing.assert_close(state.v, reference.v, rtol=0, atol=0)
+    torch.testing.assert_close(state.source, reference.source, rtol=0, atol=0)
+    assert len(state.records) == len(reference.records)
+    for r, q in zip(state.records, reference.records, strict=True):
+        assert torch.equal(r.v, q.v) and torch.equal(r.lens_light, q.lens_light)
 
 
 def test_bad_stage_settings_are_named():
     with pytest.raises(ValueError, match="unknown setting"):
-        Stage.from_config(dict(name="x", sweeps=2, temprature=3))
+        Stage.from_config("x", dict(sweeps=2, temperature=1, temprature=3))
     with pytest.raises(ValueError, match="temperatures must be >= 1"):
-        Stage.from_config(dict(name="x", sweeps=2, temperature=[0.5, 1]))
+        Stage.from_config("x", dict(sweeps=2, temperature=[0.5, 1]))
     with pytest.raises(ValueError, match="burn_in <= sweeps - record"):
-        Stage.from_config(dict(name="x", sweeps=4, burn_in=3, record=2))
+        Stage.from_config("x", dict(sweeps=4, temperature=1, burn_in=3, record=2))
     with pytest.raises(ValueError, match="sigma_end"):
-        Stage.from_config(dict(name="x", sweeps=2, sigma_end=0.0))
+        Stage.from_config("x", dict(sweeps=2, temperature=1, sde=dict(sigma_end=0.0)))
     with pytest.raises(InputError, match="predictor"):  # one line at the command line, not a traceback
-        Stage.from_config(dict(name="x", sweeps=2, predictor="heun2"))
-    assert Stage.from_config(dict(name="x", sweeps=2, predictor="heun")).predictor == "heun"
+        Stage.from_config("x", dict(sweeps=2, temperature=1, sde=dict(predictor="heun2")))
+    assert Stage.from_config("x", dict(sweeps=2, temperature=1, sde=dict(predictor="heun"))).sde.predictor == "heun"
+
+
+@pytest.mark.parametrize("sampler, match", [
+    # the errors name the key to fix, with its place in the config
+    ({"stages": {"init": {"sweeps": 2, "temperature": 1, "swepes": 3}}}, r"sampler\.stages\.init: unknown .*swepes"),
+    ({"stages": {"init": {"sweeps": 2, "temperature": 1, "sde": {"stpes": 3}}}},
+     r"sampler\.stages\.init\.sde: unknown .*stpes"),
+    ({"stages": {"init": {"sweeps": 0, "temperature": 1}}}, r"sampler\.stages\.init\.sweeps must be an integer >= 1"),
+    ({"stages": {"init": {"sweeps": 2, "temperature": 1, "sde": {"t_start": 1.5}}}},
+     r"sampler\.stages\.init\.sde\.t_start must be in"),
+    ({"sde": {"covariance": "full"}, "stages": {"init": {"sweeps": 2, "temperature": 1}}},
+     r"sampler\.sde\.covariance must be one of"),
+    ({"sde": {"steps": "many"}, "stages": {"init": {"sweeps": 2, "temperature": 1}}},
+     r"sampler\.sde\.steps must be an integer"),
+    # a stage name misspelt in an override is a new stage without its own sweeps and temperature: refused
+    ({"stages": {"init": {"sweeps": 2, "temperature": 1}, "anneall": {"sweeps": 40}}},
+     r"sampler\.stages\.anneall: missing \['temperature'\]"),
+    ({"stages": [{"name": "init", "sweeps": 2}]}, "must map stage names"),  # the list of old configs
+    ({"stages": {"init": None}}, "no stage"),
+])
+def test_stage_config_errors_name_the_key(sampler, match):
+    with pytest.raises(InputError, match=match) as err:
+        stages_from_config(sampler)
+    assert "\n" not in str(err.value)
+
+
+def test_stages_inherit_the_shared_sde_settings_and_run_in_mapping_order():
+    stages = stages_from_config({
+        "sde": {"steps": 40, "corrector_steps": 0, "sigma_end": 0.1},
+        "stages": {"init": {"sweeps": 2, "temperature": [50, 10], "first_t_start": 1.0, "sde": {"steps": 60}},
+                   "skipped": None,  # left out, as an experiment does with `stages: {NAME: null}`
+                   "finetune": {"sweeps": 3, "temperature": 1.0, "record": 2, "sde": {"t_start": 0.5}}},
+    })
+    assert [s.name for s in stages] == ["init", "finetune"]
+    init, fine = stages
+    assert init.sde == SDESettings(steps=60, corrector_steps=0, sigma_end=0.1)
+    assert fine.sde == SDESettings(steps=40, corrector_steps=0, sigma_end=0.1, t_start=0.5)
+    assert init.temperature == (50.0, 10.0) and fine.temperature == (1.0, 1.0)
+    assert [init.t_start_at(k) for k in range(2)] == [1.0, 1.0] and fine.t_start_at(0) == 0.5
+    assert [fine.records(k) for k in range(3)] == [False, True, True]
+    assert [init.temperature_at(k) for k in range(2)] == pytest.approx([50.0, 10.0])
 
 
 def test_sde_ends_at_the_data_noise_and_mala_steps_follow_the_temperature(monkeypatch):
@@ -136,26 +185,58 @@ def test_sde_ends_at_the_data_noise_and_mala_steps_follow_the_temperature(monkey
     sampler, init = build()
     seen = {}
 
-    def fake_sample(prior, likelihood, op, rest, flux, **kw):
+    def fake_sample(prior, likelihood, op, rest, flux, settings, **kw):
         seen.update(kw, scale=flux.scale)
         return torch.zeros(rest.shape[0], op.n, op.n, dtype=rest.dtype)
 
     monkeypatch.setattr(gibbs, "sample_component", fake_sample)
     state = sampler.initial_state(init, 2, seed=0)
-    stage = Stage(name="x", sweeps=1, t_start=0.9, sigma_end=0.1)
-    sampler.update_image(state, "source", stage, 4.0, 0.9, sampler.generator(state))
+    kernels = sampler.kernels(state.psf)
+    sampler.image_block("source", state, kernels, SDESettings(t_start=0.9, sigma_end=0.1), 4.0, 0.9,
+                        state.generator())
     sde = sampler.p.priors["source"].sde
     want = 0.1 * math.sqrt(4.0) * 0.1 / 5.0  # noise sd 0.1 (variance 0.01), flux scale 5
     assert float(sde.sigma(torch.tensor(seen["t_min"], dtype=F64))) == pytest.approx(want, rel=1e-6)
     # without sigma_end the chain runs to the prior's smallest time
-    sampler.update_image(state, "source", Stage(name="x", sweeps=1), 1.0, 0.9, sampler.generator(state))
+    sampler.image_block("source", state, kernels, SDESettings(), 1.0, 0.9, state.generator())
     assert seen["t_min"] == 1e-5
 
-    gen = sampler.generator(state)
-    sampler.update_mass(state, Stage(name="x", sweeps=1, mala_steps=1), 16.0, adapt=False, gen=gen)
-    step = state["mala_step"].clone()
-    sampler.update_mass(state, Stage(name="x", sweeps=1, mala_steps=1), 4.0, adapt=False, gen=gen)
-    torch.testing.assert_close(state["mala_step"], step * 0.5)
+    gen = state.generator()
+    stage = Stage(name="x", sweeps=1, mala_steps=1)
+    state.v, state.mala = sampler.mass_block(state, kernels, stage, 16.0, adapt=False, gen=gen)
+    step = state.mala.step.clone()
+    state.v, state.mala = sampler.mass_block(state, kernels, stage, 4.0, adapt=False, gen=gen)
+    torch.testing.assert_close(state.mala.step, step * 0.5)
+    assert state.mala.temperature == 4.0 and int(state.mala.proposed.sum()) == 2 * 2
+
+
+def test_state_checkpoint_round_trip(tmp_path):
+    """The state saves itself atomically as plain tensors and numbers that torch.load(weights_only=True) reads,
+    and loads back equal: sample, MALA tuning, generator, progress, records and metrics."""
+    sampler, init = build()
+    state = sampler.initial_state(init, 3, seed=4)
+    stage = Stage.from_config("s", dict(sweeps=2, temperature=[4, 2], record=1, mala_steps=2, burn_in=1,
+                                        sde=dict(steps=5)))
+    for k in range(2):
+        sampler.sweep(state, stage, k)
+    state.stage, state.sweep, state.config_hash = 1, 0, "abc"
+    path = state.save(tmp_path / "state.pt")
+    raw = torch.load(path, weights_only=True)
+    assert raw["stage"] == 1 and raw["mala"]["temperature"] == 2.0 and "psf" not in raw
+    back = SamplerState.load(path)
+    for name in ("v", "source", "lens_light", "rng"):
+        assert torch.equal(getattr(back, name), getattr(state, name)), name
+    for name in ("step", "accepted", "proposed", "nonfinite"):
+        assert torch.equal(getattr(back.mala, name), getattr(state.mala, name)), name
+    assert (back.mala.n_adapt, back.mala.temperature) == (state.mala.n_adapt, state.mala.temperature) == (2, 2.0)
+    assert (back.stage, back.sweep, back.config_hash, back.psf) == (1, 0, "abc", None)
+    assert back.history == state.history and len(back.records) == 1
+    assert torch.equal(back.records[0].source, state.records[0].source) and back.records[0].psf is None
+    # the generator continues where it was
+    assert torch.equal(torch.rand(3, generator=back.generator()), torch.rand(3, generator=state.generator()))
+    torch.save({"v": state.v}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="not a sampler state"):
+        SamplerState.load(tmp_path / "other.pt")
 
 
 def test_posterior_mean_model_is_the_mean_of_the_samples_models():
@@ -166,7 +247,7 @@ def test_posterior_mean_model_is_the_mean_of_the_samples_models():
     sampler, init = build()
     state = sampler.initial_state(init, 5, seed=1)
     g = torch.Generator().manual_seed(0)
-    v = state["v"] + 0.01 * torch.randn(state["v"].shape, generator=g, dtype=F64)
+    v = state.v + 0.01 * torch.randn(state.v.shape, generator=g, dtype=F64)
     source = torch.rand(5, 16, 16, generator=g, dtype=F64)
     light = torch.rand(5, 24, 24, generator=g, dtype=F64)
     parts = mean_components(sampler, v, source, light, batch=2)
@@ -176,8 +257,8 @@ def test_posterior_mean_model_is_the_mean_of_the_samples_models():
 
 
 def test_psf_step_draws_each_chains_psfs_at_start_and_every_nth_sweep():
-    """With a PSF model, each chain has its own P (drawn when the chain starts and before every `every`-th sweep),
-    and the forward model runs with each chain's kernels."""
+    """With a PSF model, each chain has its own P (drawn when the chain starts and for every `every`-th sweep, by
+    the PSF block that closes the sweep before it), and the forward model runs with each chain's kernels."""
     import numpy as np
 
     from scorelens.inference.psf.stars import KernelMap, StarList, psf_rows
@@ -202,27 +283,29 @@ def test_psf_step_draws_each_chains_psfs_at_start_and_every_nth_sweep():
     prior = SimpleNamespace(sde=sde, score=lambda x, t: -(x - 1.0) / (1.0 + sde.sigma(t)[:, None, None, None] ** 2),
                             net=SimpleNamespace(config={"resolution": n}))
     p.psf_model = PSFModel(prior, FluxMap(0.05), stars, [0], 1, [1.0], "effective", kernels,
-                           PSFStep(every=2, sde_steps=20), dtype=F64)
+                           PSFStep(every=2, sde=SDESettings(steps=20)), dtype=F64)
     state = sampler.initial_state(init, 3, seed=0)
-    assert state["psf"].shape == (3, 1, n, n) and torch.isfinite(state["psf"]).all()
-    assert not torch.equal(state["psf"][0], state["psf"][1])  # chains draw their own
-    stage = Stage.from_config(dict(name="s", sweeps=3, sde_steps=5, covariance="rowsum", mala_steps=2, record=3))
-    seen = [state["psf"].clone()]
+    assert state.psf.shape == (3, 1, n, n) and torch.isfinite(state.psf).all()
+    assert not torch.equal(state.psf[0], state.psf[1])  # chains draw their own
+    stage = Stage.from_config("s", dict(sweeps=3, temperature=1, mala_steps=2, record=3,
+                                        sde=dict(steps=5, t_start=0.3, corrector_steps=1)))
+    seen = [state.psf.clone()]
     for k in range(3):
-        m = sampler.sweep(state, stage, k)
-        seen.append(state["psf"].clone())
+        m = sampler.sweep(state, stage, k, next_sweep=k < 2)  # as `run` calls them: no sweep follows the last
+        seen.append(state.psf.clone())
         assert math.isfinite(m["psf_chi2"])
-    # drawn when the chain starts and at the start of the third sweep (after 2 done), not after the last sweep:
-    # a record pairs the images and mass with the P they were drawn under
-    assert torch.equal(seen[0], seen[1]) and torch.equal(seen[1], seen[2]) and not torch.equal(seen[2], seen[3])
-    assert torch.equal(state["records"][-1]["psf"], state["psf"])
-    k = sampler.kernels(state)
-    assert k.shape == (3, 2, 5, 5) and torch.allclose(k[:, 1], state["psf"][:, 0, 2:7, 2:7])
-    mass, shifts = p.space.split(state["v"])
-    assert torch.allclose(sampler.model_images(state),
-                          p.model(mass, shifts, state["source"], state["lens_light"], k))
-    assert all("psf" in r for r in state["records"])
+    # the P each sweep ran under (its record pairs the images and mass with the P they were drawn under): the
+    # chain's first for sweeps 0 and 1, a new one for the third sweep (after 2 done), drawn as the second closed;
+    # none drawn after the last sweep
+    used = [r.psf for r in state.records]
+    assert torch.equal(used[0], seen[0]) and torch.equal(used[1], seen[0]) and not torch.equal(used[2], seen[0])
+    assert torch.equal(seen[1], seen[0]) and torch.equal(seen[2], used[2]) and torch.equal(seen[3], used[2])
+    k = sampler.kernels(state.psf)
+    assert k.shape == (3, 2, 5, 5) and torch.allclose(k[:, 1], state.psf[:, 0, 2:7, 2:7])
+    mass, shifts = p.space.split(state.v)
+    assert torch.allclose(sampler.model_images(state), p.model(mass, shifts, state.source, state.lens_light, k))
+    assert all(r.psf is not None for r in state.records)
     # the draws fit the star to its noise (one star at one sub-pixel position leaves P itself partly free, so the
     # check is on the star's pixels): chi^2 per pixel of order 1, against ~550 for P = 0
-    assert p.psf_model.reduced_chi2(state["psf"]).max() < 3
-    assert p.psf_model.reduced_chi2(torch.zeros_like(state["psf"])).min() > 100
+    assert p.psf_model.reduced_chi2(state.psf).max() < 3
+    assert p.psf_model.reduced_chi2(torch.zeros_like(state.psf)).min() > 100

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -117,7 +118,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(smoke_run):
     import time
 
     out, args, tmp, _ = smoke_run
-    longer = [*args, "sampler.stages.1.sweeps=6"]  # long enough to be caught mid-way
+    longer = [*args, "sampler.stages.anneal.sweeps=6"]  # long enough to be caught mid-way
     whole, broken = tmp / "whole", tmp / "broken"
     run_infer([*longer, f"hydra.run.dir={whole}"], tmp)
 
@@ -145,6 +146,34 @@ def test_killed_run_resumes_to_the_uninterrupted_result(smoke_run):
     with h5py.File(whole / "samples.h5") as f, h5py.File(broken / "samples.h5") as g:
         for key in ("theta_E", "q", "shift_1_x", "source", "lens_light", "psf", "psf_upsampled"):
             assert (f[key][:] == g[key][:]).all(), key
+
+
+def test_a_typo_in_a_stage_setting_is_one_line(tmp_path):
+    """Stages are keyed by name: an unknown key (here added past Hydra's own check with `+`) or a misspelt stage
+    name fails in one line that names it, before any data are loaded or simulated."""
+    base = ["lens=mock", "experiment=infer_smoke", f"paths.data_dir={tmp_path / 'data'}",
+            f"paths.log_dir={tmp_path / 'logs'}"]
+    for override, message in (("+sampler.stages.anneal.swepes=3", "sampler.stages.anneal: unknown setting(s) "
+                                                                    "['swepes']"),
+                              ("+sampler.stages.aneal.sweeps=3", "sampler.stages.aneal: missing ['temperature']")):
+        proc = run_infer([*base, override], tmp_path, check=False)
+        err = proc.stdout + proc.stderr
+        assert proc.returncode == 2 and message in err and "Traceback" not in err, err[-2000:]
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_a_saved_state_is_refused_with_resume_false_or_other_settings(smoke_run):
+    out, args, tmp, _ = smoke_run
+    run_dir = tmp / "refuse"
+    run_dir.mkdir()
+    shutil.copy(out / "state.pt", run_dir / "state.pt")
+    for extra, message in ((["resume=false"], "exists and resume=false"),
+                           (["sampler.stages.finetune.mala_steps=6"], "written with other sampling settings")):
+        proc = run_infer([*args, *extra, f"hydra.run.dir={run_dir}"], tmp, check=False)
+        err = proc.stdout + proc.stderr
+        assert proc.returncode == 2 and message in err and "Traceback" not in err, err[-2000:]
+    assert not (run_dir / "samples.h5").exists()
 
 
 def test_initial_mass_is_the_config_or_a_mocks_catalogue_entry():

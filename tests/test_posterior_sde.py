@@ -7,6 +7,7 @@ import torch
 
 from scorelens.inference.likelihood import GaussianLikelihood
 from scorelens.inference.posterior_sde import FluxMap, sample_component
+from scorelens.inference.sde_settings import SDESettings
 from scorelens.lensing.forward import ForwardModel
 from scorelens.lensing.grid import ExposureGrid, PixelGrid
 from scorelens.priors.sde import VESDE
@@ -76,6 +77,7 @@ def run_problem(which, covariance, corrector, steps):
 
     prior = gaussian_prior(VESDE(1e-3, 30.0))
     rest = torch.zeros(b, 1, 6, 6, dtype=F64)
-    s = sample_component(prior, like, operator(b), rest, flux, x_start=None, t_start=1.0, steps=steps,
-                         corrector_steps=corrector, covariance=covariance, generator=g).reshape(b, -1)
+    settings = SDESettings(steps=steps, corrector_steps=corrector, covariance=covariance)
+    s = sample_component(prior, like, operator(b), rest, flux, settings, x_start=None, t_start=1.0,
+                         generator=g).reshape(b, -1)
     return s, mean, cov

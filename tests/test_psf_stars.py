@@ -22,6 +22,7 @@ from scorelens.inference.psf.stars import (
     star_operator,
 )
 from scorelens.inference.psf.step import PSFModel, PSFStep
+from scorelens.inference.sde_settings import SDESettings
 from scorelens.priors.sde import VESDE
 
 F64 = torch.float64
@@ -167,7 +168,7 @@ def test_psf_draws_follow_the_closed_form_posterior():
                             net=SimpleNamespace(config={"resolution": n}))
     km = KernelMap(torch.zeros(1, 3, n, dtype=F64), torch.tensor([0]), torch.zeros(1, 3, 3, dtype=F64))
     model = PSFModel(prior, FluxMap(scale), stars, [0, 0], 1, [1.0, 1.0], "effective", km,
-                     PSFStep(sde_steps=300, covariance="diag", corrector_steps=1), dtype=F64)
+                     PSFStep(sde=SDESettings(steps=300, covariance="diag", corrector_steps=1)), dtype=F64)
     draws = model.sample(None, 400, torch.Generator().manual_seed(0))[:, 0].reshape(400, -1) / scale
     # closed form in network units: x ~ N(0, I), y = scale A x + noise (variance 0.04)
     a = dense(op.batched(1), 1)[:, : n * n] * scale
@@ -189,6 +190,18 @@ def test_psf_step_settings_reject_typos():
     with pytest.raises(ValueError, match="every"):
         PSFStep.from_config({"every": -1})
     assert PSFStep.from_config(None).every == 1
+    with pytest.raises(ValueError, match=r"sampler\.psf\.sde: unknown .*stpes"):
+        PSFStep.from_config({"sde": {"stpes": 20}})
+    with pytest.raises(ValueError, match=r"sampler\.psf\.sde\.sigma_end"):  # the stars' draws end at t_min
+        PSFStep.from_config({"every": 2}, {"sigma_end": 0.1})
+
+
+def test_psf_step_inherits_the_shared_sde_settings():
+    """`sampler.psf.sde` overrides `sampler.sde` key by key, as the stages do."""
+    step = PSFStep.from_config({"every": 10, "sde": {"steps": 60, "sigma_end": None}},
+                               {"steps": 40, "corrector_steps": 0, "sigma_end": 0.1, "t_start": 0.6})
+    assert step.every == 10
+    assert step.sde == SDESettings(steps=60, corrector_steps=0, t_start=0.6)
 
 
 def test_star_operator_rejects_batches_that_are_not_whole_groups():

@@ -41,13 +41,53 @@ class MALAState:
         """Acceptance rate so far per chain, [B]."""
         return self.accepted.double() / self.proposed.clamp(min=1).double()
 
-    def state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("x", "log_prob", "grad", "step", "accepted", "proposed",
-                                              "nonfinite", "n_adapt")}
+    def tuning(self, temperature: float | None = None) -> MALATuning:
+        """What carries over to the next run of the kernel on another target (the next Gibbs sweep): step sizes
+        and counters, with the temperature they were used at."""
+        return MALATuning(self.step, self.accepted, self.proposed, self.nonfinite, self.n_adapt,
+                          None if temperature is None else float(temperature))
+
+
+@dataclass
+class MALATuning:
+    """The part of MALA's state that lives from one Gibbs sweep to the next, for B chains (the position, log
+    density and gradient do not: the target changes with the images between sweeps).
+
+    step: [B] step sizes, in units of the preconditioner's scales; accepted, proposed, nonfinite: [B] counts
+    (int64); n_adapt: adaptation steps taken so far; temperature: the likelihood temperature the step sizes were
+    last used at (None before the first sweep).
+    """
+
+    step: Tensor
+    accepted: Tensor
+    proposed: Tensor
+    nonfinite: Tensor
+    n_adapt: int = 0
+    temperature: float | None = None
 
     @classmethod
-    def from_state_dict(cls, d: dict) -> MALAState:
-        return cls(**d)
+    def start(cls, chains: int, step: float, dtype: torch.dtype, device: torch.device | str | None) -> MALATuning:
+        """`chains` chains with step size `step`, nothing proposed yet."""
+        zeros = lambda: torch.zeros(chains, dtype=torch.long, device=device)  # noqa: E731
+        return cls(torch.full((chains,), step, dtype=dtype, device=device), zeros(), zeros(), zeros())
+
+    def at_temperature(self, temperature: float) -> MALATuning:
+        """The step sizes carried to `temperature`: where the likelihood dominates, the conditional's width scales
+        as sqrt(T), so a step tuned at an earlier, hotter sweep is rescaled by sqrt(T / T_before)."""
+        step = self.step
+        if self.temperature is not None and self.temperature != temperature:
+            step = step * math.sqrt(temperature / self.temperature)
+        return replace(self, step=step, temperature=float(temperature))
+
+    def state_dict(self) -> dict:
+        """Plain tensors and numbers (`torch.load(weights_only=True)` reads them)."""
+        return {"step": self.step, "accepted": self.accepted, "proposed": self.proposed, "nonfinite": self.nonfinite,
+                "n_adapt": self.n_adapt, "temperature": self.temperature}
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> MALATuning:
+        return cls(d["step"], d["accepted"], d["proposed"], d["nonfinite"], int(d["n_adapt"]),
+                   None if d["temperature"] is None else float(d["temperature"]))
 
 
 def _log_q(to: Tensor, frm: Tensor, grad_frm: Tensor, step: Tensor, precond: Tensor) -> Tensor:
@@ -82,6 +122,12 @@ class MALA:
         step = torch.as_tensor(step, dtype=x.dtype, device=x.device).expand(b).clone()
         zeros = torch.zeros(b, dtype=torch.long, device=x.device)
         return MALAState(x, lp, g, step, zeros, zeros.clone(), zeros.clone())
+
+    def resume(self, x: Tensor, tuning: MALATuning) -> MALAState:
+        """A state at x [B, D] that continues `tuning`'s step sizes and counters."""
+        state = self.init(x, tuning.step)
+        return replace(state, accepted=tuning.accepted, proposed=tuning.proposed, nonfinite=tuning.nonfinite,
+                       n_adapt=tuning.n_adapt)
 
     def step(self, state: MALAState, generator: torch.Generator | None = None, adapt: bool = False) -> MALAState:
         x, lp, g, h = state.x, state.log_prob, state.grad, state.step

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..priors.sampling import sample_reverse_sde
 from .likelihood import GaussianLikelihood
+from .sde_settings import COVARIANCES, SDESettings
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def posterior_score(
     elif covariance == "rowsum":
         diag = operator.rowsum_AAT()
     else:
-        raise ValueError(f"covariance must be 'diag' or 'rowsum', got {covariance!r}")
+        raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
     a = flux.scale
     const = operator(torch.full_like(rest[:, 0, :1, :1].expand(-1, operator.n, operator.n), flux.offset))
     rest_all = rest + const
@@ -90,29 +91,26 @@ def sample_component(
     operator,
     rest: Tensor,
     flux: FluxMap,
+    settings: SDESettings,
     *,
     x_start: Tensor | None,
-    t_start: float,
-    steps: int,
-    corrector_steps: int = 0,
-    snr: float = 0.16,
-    predictor: str = "euler_maruyama",
-    t_min: float = 1e-5,
+    t_start: float | None = None,
+    t_min: float | None = None,
     temperature: float = 1.0,
-    covariance: str = "diag",
     generator: torch.Generator | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Tensor:
-    """New flux images [B, n, n] of one component by the reverse posterior SDE from t_start (re-noising x_start,
-    flux [B, n, n]) or from t = 1 (x_start None)."""
+    """New flux images [B, n, n] of one component by the reverse posterior SDE of `settings` (steps, predictor,
+    corrector, covariance), from t_start (re-noising x_start, flux [B, n, n]) or from t = 1 (x_start None) down to
+    t_min; t_start and t_min default to the settings' own (a caller passes them when it resolves them per draw)."""
     score = posterior_score(prior.score, prior.sde.sigma, likelihood, operator, rest, flux, temperature,
-                            covariance=covariance)
+                            covariance=settings.covariance)
     b, n = rest.shape[0], operator.n
     start = None if x_start is None else flux.to_net(x_start)[:, None]
     x = sample_reverse_sde(
-        score, prior.sde, (b, 1, n, n), steps=steps, corrector_steps=corrector_steps, snr=snr, t_min=t_min,
-        predictor=predictor,
-        t_start=t_start, x_start=start, generator=generator, device=rest.device, dtype=rest.dtype,
-        progress=progress,
+        score, prior.sde, (b, 1, n, n), steps=settings.steps, corrector_steps=settings.corrector_steps,
+        snr=settings.snr, t_min=settings.t_min if t_min is None else t_min, predictor=settings.predictor,
+        t_start=settings.t_start if t_start is None else t_start, x_start=start, generator=generator,
+        device=rest.device, dtype=rest.dtype, progress=progress,
     )
     return flux.to_flux(x[:, 0])

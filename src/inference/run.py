@@ -18,13 +18,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..atomic import atomic_torch_save
 from ..errors import InputError
 from .config import validate_infer_config
 from .figures import make_figures
-from .gibbs import GibbsSampler, Stage
+from .gibbs import GibbsSampler
 from .results import write_samples, write_summary
 from .setup import build_problem
+from .stages import stages_from_config
+from .state import Record, SamplerState
 from .tracking import SweepTracker
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,6 @@ def config_hash(cfg: DictConfig) -> str:
     plain = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
              for k in _SAMPLING_KEYS if k in cfg}
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def save_state(path: Path, state: dict) -> None:
-    atomic_torch_save(state, path)
 
 
 def _device(cfg) -> torch.device:
@@ -59,8 +56,8 @@ def infer(cfg: DictConfig, out_dir: str | Path, root: str | Path) -> dict:
     device = _device(cfg)
     dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.sampler.dtype]
     container = OmegaConf.to_container(cfg, resolve=True)
+    stages = stages_from_config(container["sampler"])  # a bad stage setting fails before the data are loaded
     problem, data, geometry = build_problem(container, root, device=device, dtype=dtype)
-    stages = [Stage.from_config(s) for s in container["sampler"]["stages"]]
     sampler = GibbsSampler(problem, mala_step=cfg.sampler.mala.step_size, target_accept=cfg.sampler.mala.target_accept)
 
     state_path = out / "state.pt"
@@ -68,17 +65,17 @@ def infer(cfg: DictConfig, out_dir: str | Path, root: str | Path) -> dict:
     if state_path.exists():
         if str(cfg.get("resume", "auto")).lower() in ("false", "no", "never"):
             raise InputError(f"{state_path} exists and resume=false; choose another run folder or remove it")
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        if state.get("config_hash") != digest:
+        state = SamplerState.load(state_path, device)
+        if state.config_hash != digest:
             raise InputError(f"{state_path} was written with other sampling settings; use a new run folder")
-        log.info("resuming %s at stage %d, sweep %d", state_path, state["stage"], state["sweep"])
+        log.info("resuming %s at stage %d, sweep %d", state_path, state.stage, state.sweep)
     else:
         init = initial_mass(container)
         state = sampler.initial_state(init, int(cfg.sampler.chains), int(cfg.seed))
-        state["config_hash"] = digest
+        state.config_hash = digest
 
     total = sum(s.sweeps for s in stages)
-    done = sum(s.sweeps for s in stages[: state["stage"]]) + state["sweep"]
+    done = sum(s.sweeps for s in stages[: state.stage]) + state.sweep
     tracker = SweepTracker(container.get("wandb"), out, container, name=f"{data.name}/{out.name}")
     interactive = sys.stderr.isatty()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -100,22 +97,22 @@ def infer(cfg: DictConfig, out_dir: str | Path, root: str | Path) -> dict:
                                                      stage.sweeps, count, total, info)
             tracker.sweep(count, m)
 
-        state = sampler.run(state, stages, save=lambda s: save_state(state_path, s), on_sweep=on_sweep)
+        state = sampler.run(state, stages, save=lambda s: s.save(state_path), on_sweep=on_sweep)
 
     summary = write_outputs(sampler, state, data, geometry, out, container)
     tracker.finish(summary, sorted(out.glob("*.png")))
     return summary
 
 
-def write_outputs(sampler: GibbsSampler, state: dict, data, geometry, out: Path, cfg: dict) -> dict:
+def write_outputs(sampler: GibbsSampler, state: SamplerState, data, geometry, out: Path, cfg: dict) -> dict:
     """samples.h5, summary.csv, chi2.csv and the figures from the recorded sweeps."""
-    records = state["records"]
+    records = state.records
     if not records:
         raise InputError("no sweep was recorded: set `record` > 0 in the last sampler stage")
-    v = torch.cat([r["v"] for r in records]).cpu()
+    v = torch.cat([r.v for r in records]).cpu()
     names = sampler.p.space.names
     params = {n: v[:, i].numpy() for i, n in enumerate(names)}
-    images = {k: torch.cat([r[k] for r in records]).cpu().numpy() for k in ("source", "lens_light")}
+    images = {k: torch.cat([getattr(r, k) for r in records]).cpu().numpy() for k in ("source", "lens_light")}
     images.update(psf_samples(sampler, records))
     kernels = images["psf"] if images["psf"].ndim == 4 else None
     write_samples(out / "samples.h5", params, images,
@@ -142,14 +139,14 @@ def write_outputs(sampler: GibbsSampler, state: dict, data, geometry, out: Path,
 
 
 @torch.no_grad()
-def psf_samples(sampler: GibbsSampler, records: list[dict]) -> dict:
+def psf_samples(sampler: GibbsSampler, records: list[Record]) -> dict:
     """The PSFs of the recorded sweeps: {"psf": the forward model's kernels [N, n_exp, K, K], "psf_upsampled": each
     exposure's P on the PSF prior's grid [N, n_exp, n, n] (NaN for exposures whose PSF is fixed)} when they were
     sampled, else {"psf": the fixed kernels [n_exp, K, K]}."""
-    if "psf" not in records[0]:
+    if records[0].psf is None:
         return {"psf": sampler.p.psf.cpu().numpy()}
     pm = sampler.p.psf_model
-    up = torch.cat([r["psf"] for r in records])  # [N, G, n, n]
+    up = torch.cat([r.psf for r in records])  # [N, G, n, n]
     group = pm.kernels.group.tolist()
     per_exp = torch.full((up.shape[0], len(group), pm.n, pm.n), float("nan"), dtype=up.dtype)
     for e, g in enumerate(group):

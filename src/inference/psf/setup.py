@@ -120,7 +120,7 @@ def psf_model(cfg: Mapping, psfs: PSFData, data: ExposureSet, geometry: ModelGeo
                            for e in data.exposures]))
     kernels = KernelMap(krows, torch.as_tensor(group, device=device), as_t(psfs.kernels))
     norm = prior.norm
-    settings = PSFStep.from_config(cfg["sampler"].get("psf"))
+    settings = PSFStep.from_config(cfg["sampler"].get("psf"), cfg["sampler"].get("sde"))
     log.info("PSF prior %s (%d pixels of %.4g arcsec, %s); %d PSF group(s), %d stars", pcfg["path"], n, scale,
              response, len(lists), len(stars))
     model = PSFModel(prior, FluxMap(float(norm.scale), float(norm.offset)), stars, star_group, len(lists), star_over,

@@ -13,16 +13,16 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ...errors import InputError
-from ...priors.sampling import PREDICTORS
 from ..likelihood import GaussianLikelihood
 from ..posterior_sde import FluxMap, sample_component
+from ..sde_settings import SDESettings, SettingError, as_int, check_keys
 from .stars import KernelMap, StarList, fit_star, star_operator
 
 log = logging.getLogger(__name__)
@@ -30,31 +30,29 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PSFStep:
-    """SDE settings of the PSF draws (`sampler.psf` in conf/sampler/): every: sweeps between draws (0: only the
-    draw at the chain's start); t_start: 1.0 draws afresh, less re-noises the current P (cheaper, correlated)."""
+    """Settings of the PSF draws (`sampler.psf` in conf/sampler/): every: sweeps between draws (0: only the draw at
+    the chain's start); sde: the reverse-SDE settings of a draw (`sampler.sde` with `sampler.psf.sde` in place;
+    t_start 1.0 draws afresh, less re-noises the current P, cheaper and correlated; a draw ends at t_min)."""
 
     every: int = 1
-    t_start: float = 1.0
-    sde_steps: int = 100
-    corrector_steps: int = 0
-    snr: float = 0.16
-    predictor: str = "euler_maruyama"
-    covariance: str = "rowsum"
-    t_min: float = 1e-5
+    sde: SDESettings = field(default_factory=SDESettings)
+
+    def __post_init__(self):
+        try:
+            as_int("every", self.every, 0)
+        except SettingError as e:
+            raise InputError(f"sampler.psf.{e.key} {e.reason}") from None
+        if self.sde.sigma_end is not None:
+            raise InputError("sampler.psf.sde.sigma_end: the PSF draws end at t_min (sigma_end is the lens images'); "
+                             "set it to null")
 
     @classmethod
-    def from_config(cls, cfg: Mapping | None) -> PSFStep:
+    def from_config(cls, cfg: Mapping | None, sde: Mapping | SDESettings | None = None) -> PSFStep:
+        """From `sampler.psf` ({every, sde}); its `sde` overrides `sde`, the shared `sampler.sde`."""
         cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise InputError(f"sampler.psf: unknown setting(s) {unknown}; known: {sorted(known)}")
-        step = cls(**cfg)
-        if step.every < 0 or step.sde_steps < 1 or not 0 < step.t_start <= 1 or not 0 < step.t_min < step.t_start:
-            raise InputError("sampler.psf: need every >= 0, sde_steps >= 1 and 0 < t_min < t_start <= 1")
-        if step.predictor not in PREDICTORS:
-            raise InputError(f"sampler.psf: predictor must be one of {PREDICTORS}, got {step.predictor!r}")
-        return step
+        check_keys(cfg, [f.name for f in fields(cls)], "sampler.psf")
+        shared = sde if isinstance(sde, SDESettings) else SDESettings.from_config(sde, "sampler.sde")
+        return cls(every=cfg.get("every", 1), sde=shared.override(cfg.get("sde"), "sampler.psf.sde"))
 
 
 class PSFModel:
@@ -123,25 +121,22 @@ class PSFModel:
         return self._groups
 
     def due(self, done: int) -> bool:
-        """Whether a PSF draw opens the sweep that follows `done` sweeps of the run (the chain's first P is drawn
-        when it starts)."""
+        """Whether the sweep that follows `done` sweeps of the run runs under a new P (drawn by the PSF block that
+        closes the sweep before it; the chain's first P is drawn when it starts)."""
         return self.settings.every > 0 and done > 0 and done % self.settings.every == 0
 
     def sample(self, psf: Tensor | None, chains: int, generator: torch.Generator | None, fresh: bool = False
                ) -> Tensor:
         """New P [B, G, n, n] for `chains` chains, from the current `psf` (re-noised to t_start) or, when `psf` is
         None or `fresh`, from pure noise."""
-        s = self.settings
+        s = self.settings.sde
         ref = self.operator.rows
         n_stars, size = self.operator.rows.shape[:2]
         rest = torch.zeros(chains * self.groups, n_stars, size, size, dtype=ref.dtype, device=ref.device)
         start = None if (psf is None or fresh or s.t_start >= 1.0) else psf.flatten(0, 1)
-        x = sample_component(
-            self.prior, self.likelihood, self.operator.batched(chains), rest, self.flux, x_start=start,
-            t_start=1.0 if start is None else s.t_start, t_min=s.t_min, steps=s.sde_steps,
-            corrector_steps=s.corrector_steps, snr=s.snr, predictor=s.predictor, covariance=s.covariance,
-            generator=generator,
-        )
+        x = sample_component(self.prior, self.likelihood, self.operator.batched(chains), rest, self.flux, s,
+                             x_start=start, t_start=1.0 if start is None else s.t_start, t_min=s.t_min,
+                             generator=generator)
         return x.reshape(chains, self.groups, self.n, self.n)
 
     def reduced_chi2(self, psf: Tensor) -> Tensor:

@@ -1,0 +1,117 @@
+"""The stages of a Gibbs run and their schedules (conf/sampler/: `sampler.stages`).
+
+`sampler.stages` maps stage names to their settings and runs them in the mapping's order; an experiment or a user
+changes one stage by its name (`sampler.stages.anneal.sweeps=40`) and removes one by setting it to null. A stage
+runs `sweeps` sweeps:
+
+- temperature: [first sweep, last sweep], geometric in between (a number: constant); the likelihood's variance is
+  inflated that many times, 1 being the true likelihood;
+- sde: the image blocks' reverse-SDE settings, `sampler.sde` with this block's values in place (`sde_settings.py`);
+  first_t_start: the start time of the stage's first sweep when it differs from `sde.t_start`;
+- mala_steps: MALA steps on the mass and shifts per sweep; burn_in: the first sweeps, where MALA adapts its step
+  sizes (never recorded); record: the last sweeps, kept as posterior samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..errors import InputError
+from .sde_settings import SDESettings, SettingError, as_float, as_int, check_keys
+
+# a stage must say these itself: a stage whose name is misspelt in an override then fails instead of running
+# with defaults beside the one it was meant to change
+REQUIRED = ("sweeps", "temperature")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Settings of one stage (see the module docstring); temperature: (first sweep, last sweep)."""
+
+    name: str
+    sweeps: int
+    temperature: tuple[float, float] = (1.0, 1.0)
+    sde: SDESettings = field(default_factory=SDESettings)
+    first_t_start: float | None = None
+    mala_steps: int = 10
+    burn_in: int = 0
+    record: int = 0
+
+    def __post_init__(self):
+        where = f"sampler.stages.{self.name}"
+        try:
+            as_int("sweeps", self.sweeps, 1)
+            as_int("mala_steps", self.mala_steps, 0)
+            as_int("burn_in", self.burn_in, 0)
+            as_int("record", self.record, 0)
+            first = as_float("first_t_start", self.first_t_start, optional=True)
+        except SettingError as e:
+            raise InputError(f"{where}.{e.key} {e.reason}") from None
+        if self.burn_in > self.sweeps or self.record > self.sweeps:
+            raise InputError(f"{where}: need burn_in and record <= sweeps, got {self.burn_in}, {self.record} of "
+                             f"{self.sweeps}")
+        if self.record and self.burn_in > self.sweeps - self.record:
+            raise InputError(f"{where}: burn-in sweeps (MALA adapting) overlap the recorded ones; need burn_in <= "
+                             f"sweeps - record")
+        if len(self.temperature) != 2 or not min(self.temperature) >= 1.0:
+            raise InputError(f"{where}.temperature: temperatures must be >= 1 (1 is the true likelihood), got "
+                             f"{list(self.temperature)}")
+        if first is not None and not self.sde.t_min < first <= 1:
+            raise InputError(f"{where}.first_t_start must be in (t_min, 1] = ({self.sde.t_min}, 1], got {first}")
+
+    @classmethod
+    def from_config(cls, name: str, cfg: Mapping, sde: SDESettings | None = None) -> Stage:
+        """The stage `name` from its config block; its `sde` block overrides `sde` (the shared `sampler.sde`)."""
+        where = f"sampler.stages.{name}"
+        if not isinstance(cfg, Mapping):
+            raise InputError(f"{where} must be a mapping of settings (or null to leave the stage out), got {cfg!r}")
+        cfg = dict(cfg)
+        check_keys(cfg, [f for f in cls.__dataclass_fields__ if f != "name"], where)
+        missing = [k for k in REQUIRED if k not in cfg]
+        if missing:
+            raise InputError(f"{where}: missing {missing}; a stage gives its sweeps and temperature (to change a stage "
+                             f"of conf/sampler/, spell its name as there)")
+        cfg["sde"] = (sde or SDESettings()).override(cfg.get("sde"), f"{where}.sde")
+        t = cfg["temperature"]
+        try:
+            pair = [t, t] if not isinstance(t, list | tuple) else list(t)
+            cfg["temperature"] = tuple(as_float("temperature", v) for v in pair)
+        except SettingError as e:
+            raise InputError(f"{where}.{e.key} {e.reason}") from None
+        return cls(name=str(name), **cfg)
+
+    def temperature_at(self, k: int) -> float:
+        """Temperature of sweep k: geometric from temperature[0] to temperature[1] over the stage's sweeps."""
+        t0, t1 = self.temperature
+        if self.sweeps == 1:
+            return t1
+        f = k / (self.sweeps - 1)
+        return math.exp((1 - f) * math.log(t0) + f * math.log(t1))
+
+    def t_start_at(self, k: int) -> float:
+        """Diffusion time the image draws of sweep k start at."""
+        return self.first_t_start if (k == 0 and self.first_t_start is not None) else self.sde.t_start
+
+    def adapts(self, k: int) -> bool:
+        """Whether MALA adapts its step sizes in sweep k (burn-in)."""
+        return k < self.burn_in
+
+    def records(self, k: int) -> bool:
+        """Whether sweep k is kept as a posterior sample."""
+        return k >= self.sweeps - self.record
+
+
+def stages_from_config(sampler: Mapping) -> list[Stage]:
+    """The stages of `sampler` (the composed `sampler` config: `stages`, a mapping, and the shared `sde`), in
+    order; stages set to null are left out."""
+    stages = sampler.get("stages")
+    if not isinstance(stages, Mapping):
+        raise InputError("sampler.stages must map stage names to their settings, e.g. {init: {sweeps: 20, "
+                         f"temperature: [100, 10]}}, got {type(stages).__name__}")
+    shared = SDESettings.from_config(sampler.get("sde"), "sampler.sde")
+    out = [Stage.from_config(name, cfg, shared) for name, cfg in stages.items() if cfg is not None]
+    if not out:
+        raise InputError("sampler.stages: no stage to run")
+    return out
