@@ -137,8 +137,19 @@ def test_values_the_code_accepts_still_validate():
         validate_infer_config(compose_infer(["lens=J1430", *overrides]))
 
 
-def test_the_sampler_node_is_left_to_its_own_schema():
-    validate_infer_config(compose_infer(["lens=J1430", "+sampler.anything={a: 1}"]))
+@pytest.mark.parametrize("overrides,key", [
+    (["+sampler.anything={a: 1}"], "sampler.anything"),
+    (["+sampler.stages.anneal.sweep=3"], "sweep"),
+    (["++sampler.sde.stepz=3"], "stepz"),
+    (["++sampler.psf.sde.t_start=1.5"], "t_start"),
+    (["+sampler.mala.step=0.1"], "sampler.mala.step"),
+    (["sampler.parameters.q.uniform=[1.0,0.2]"], "parameter q"),
+])
+def test_the_sampler_node_is_checked_by_its_readers(overrides, key):
+    with pytest.raises(InputError) as err:
+        validate_infer_config(compose_infer(["lens=J1430", *overrides]))
+    message = str(err.value)
+    assert "\n" not in message and key in message, message
 
 
 def test_infer_stops_before_any_work(tmp_path):

@@ -9,7 +9,8 @@ config, an experiment) and `+key=value` overrides add.
 Some nodes are checked against the code that reads them, so that their keys are named in one place only:
 `stars.find` by `scorelens.data.psf.stars.find_settings`, `stars.epsf` by the keywords of
 `scorelens.data.psf.epsf.build_epsf`, a mock lens's `mock:` block by `MockConfig`. The `sampler` node belongs to
-the sampler: its own validation is called through the hook `validate_sampler_config`.
+the sampler: its stages, SDE settings and parameter priors are checked by the code that reads them
+(`validate_sampler_config`).
 
 The check only reads the config: values are not converted (the run's config hash is computed from them as given).
 """
@@ -188,6 +189,35 @@ class PathsConfig:
 
 
 @dataclass
+class ShiftsConfig:
+    max: float | None = None         # arcsec; null: half the cutout
+    scale: float = MISSING           # arcsec, MALA's preconditioner
+    fix_first: bool = True
+
+
+@dataclass
+class MALAConfig:
+    step_size: float = MISSING
+    target_accept: float = MISSING
+
+
+@dataclass
+class SamplerConfig:
+    """conf/sampler. `parameters` is checked by `ParameterSpace`; `sde`, `psf` and `stages` by the sampler's own
+    readers (`validate_sampler_config`)."""
+
+    chains: int = MISSING
+    device: str = "auto"
+    dtype: str = "float32"
+    parameters: dict[str, Any] = MISSING
+    shifts: ShiftsConfig = field(default_factory=ShiftsConfig)
+    mala: MALAConfig = field(default_factory=MALAConfig)
+    sde: dict[str, Any] = field(default_factory=dict)
+    psf: dict[str, Any] = field(default_factory=dict)
+    stages: dict[str, Any] = MISSING
+
+
+@dataclass
 class InferConfig:
     """The composed config of `python infer.py` (conf/infer.yaml)."""
 
@@ -199,7 +229,7 @@ class InferConfig:
     psf: PSFConfig = field(default_factory=PSFConfig)
     lens: LensConfig = field(default_factory=LensConfig)
     lensing: LensingConfig = field(default_factory=LensingConfig)
-    sampler: Any = None              # the sampler's own schema: validate_sampler_config
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     observations: ObservationsConfig = field(default_factory=ObservationsConfig)
     stars: StarsConfig = field(default_factory=StarsConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -233,9 +263,20 @@ def validate_infer_config(cfg: DictConfig | Mapping) -> None:
     validate_sampler_config(node.get("sampler"))
 
 
-def validate_sampler_config(sampler: Any) -> None:
-    """The hook for the `sampler` node's own validation (its stages and the SDE settings they share), which the
-    sampler defines; every content passes until it is called from here."""
+def validate_sampler_config(sampler: DictConfig) -> None:
+    """The sampler's own checks: its stages, the SDE settings they and the PSF draws share, and the parameters'
+    priors, each by the code that reads them (one-line InputError naming the key)."""
+    from .parameters import ParameterSpace
+    from .psf.step import PSFStep
+    from .stages import stages_from_config
+
+    plain = OmegaConf.to_container(sampler, resolve=True)
+    stages_from_config(plain)
+    PSFStep.from_config(plain.get("psf"), plain.get("sde"))
+    try:
+        ParameterSpace(plain["parameters"], 1, shift_max=1.0, shift_scale=1.0)
+    except ValueError as err:
+        raise InputError(f"sampler.parameters: {err}") from None
 
 
 def _missing(node: DictConfig, prefix: str = "") -> list[str]:
