@@ -31,7 +31,7 @@ OVERRIDE = re.compile(r"^((\+{1,2})?[A-Za-z_][\w.@/-]*=|~[A-Za-z_][\w.@/-]*(=|$)
 
 
 def _galaxies(args) -> None:
-    from ..data.training.galaxies import prepare
+    from ..data.training.galaxy_prepare import prepare
 
     node = OmegaConf.to_container(compose_config("train", ["prior=source", *args.overrides]).prepare, resolve=True)
     for key in ("size", "pixel_scale", "centre", "mask_neighbours", "mask_fill", "border", "detect_sigma",
