@@ -73,7 +73,8 @@ def _mast(args) -> None:
 
 
 def _mock(args) -> None:
-    from ..data.simulate.mock import MockConfig, make_mock
+    from ..data.simulate.mock import make_mock
+    from ..data.simulate.mock_config import MockConfig
 
     paths = make_mock(args.out_dir, seed=MockConfig.seed if args.seed is None else args.seed,
                       overwrite=args.overwrite)

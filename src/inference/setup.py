@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.observations.coadd import load_lens
+from ..data.observations.lens import load_lens
 from ..data.observations.exposure_set import ExposureSet
 from ..errors import InputError
 from ..lensing.forward import ForwardModel
