@@ -209,8 +209,8 @@ def test_lens_config_matches_the_generator_defaults():
     assert [Path(p).name for p in lens["exposures"]] == defaults.file_names()
     assert lens["rootnames"] == defaults.rootnames()
     # init: near the true mass of the configured seed, not equal to it
-    truth = draw_mass(mock_build._rng(defaults.seed, mock_build._MASS), defaults.theta_E, defaults.gamma_sigma, defaults.q,
-                      defaults.center_max, defaults.gamma_ext_max, defaults.multipole_sigma)
+    truth = draw_mass(mock_build._rng(defaults.seed, mock_build._MASS), defaults.theta_E, defaults.gamma_sigma,
+                      defaults.q, defaults.center_max, defaults.gamma_ext_max, defaults.multipole_sigma)
     init = lens["init"]
     assert set(init) == set(PARAM_NAMES)
     assert init != truth and abs(init["theta_E"] - truth["theta_E"]) < 0.1 and abs(init["q"] - truth["q"]) < 0.1

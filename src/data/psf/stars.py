@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import InputError
 from ..observations.flt import read_flt
 from ..observations.sky_grid import sky_offsets
-from ...errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -65,15 +65,8 @@ class PSFDataset(Dataset):
                                   clip_negative=clip_negative, centre_box=centre_box)
 
     @property
-    def path(self) -> Path:
-        return self.library.path
-
-    @property
-    def image_size(self) -> int:
-        return self.library.image_size
-
-    @property
     def oversampling(self) -> float:
+        """Fine pixels per detector pixel of the PSFs."""
         return self.library.oversampling
 
     @property
