@@ -81,7 +81,6 @@ class MockTruth:
         return [self.root / e["file"] for e in self.meta["exposures"]]
 
 
-
 # ------------------------------------------------------------------------------------------------- writing
 
 

@@ -53,10 +53,8 @@ def simulated_catalog(mass: Mapping, scatter, rng: np.random.Generator) -> dict:
             "note": "an SIE model as a catalogue would give it: the truth with errors of catalog_scatter"}
 
 
-
 def _rng(seed: int, stream: int, *more: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, stream, *more]))
-
 
 
 # ------------------------------------------------------------------------------------------------ geometry
@@ -195,7 +193,6 @@ def render_frames(wcs_list: Sequence[WCS], meta: Mapping, arrays: Mapping[str, n
     noiseless = lensed + light
     return {"lensed_source": lensed, "lens_light": light, "noiseless": noiseless, "stars": stars,
             "noiseless_stars": noiseless + stars, "sky_x": x.numpy(), "sky_y": y.numpy()}
-
 
 
 def build_mock(cfg: MockConfig, source_image: np.ndarray | None = None) -> tuple[dict, dict, list[fits.HDUList]]:

@@ -86,7 +86,6 @@ class MockConfig:
         return [f"{r}_flt.fits" for r in self.rootnames()]
 
 
-
 def _fail(name: str, what: str, value) -> InputError:
     return InputError(f"mock setting {name} must be {what}, got {value!r}")
 
@@ -175,7 +174,6 @@ def _catalog_scatter(value) -> tuple[float, float, float]:
     return tuple(_float(f"catalog_scatter[{i}]", v, minimum=0.0) for i, v in enumerate(value))
 
 
-
 def mock_config(**settings) -> MockConfig:
     """A checked MockConfig from keyword settings (InputError names an unknown or bad one)."""
     names = {f.name for f in dataclasses.fields(MockConfig)}
@@ -189,14 +187,15 @@ def mock_config(**settings) -> MockConfig:
     return _checked(MockConfig(**settings))
 
 
-
 def source_image_hash(image: np.ndarray | None) -> str | None:
+    """SHA-256 (hex) of a given source image's float64 pixels and shape; None without one."""
     if image is None:
         return None
     return hashlib.sha256(np.ascontiguousarray(image, dtype="<f8").tobytes() + str(image.shape).encode()).hexdigest()
 
 
 def config_hash(cfg: MockConfig, image: np.ndarray | None) -> str:
+    """SHA-256 (hex) of a mock's format, version, settings and source image: equal hashes, equal files."""
     text = json.dumps({"format": FORMAT, "version": VERSION, "config": cfg.as_dict(),
                        "source_image": source_image_hash(image)}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
