@@ -14,9 +14,10 @@ from astropy.io import fits
 from astropy.wcs import WCS, DistortionLookupTable
 from omegaconf import OmegaConf
 
-from scorelens.data.observations.coadd import load_coadd, load_lens, load_lenstronomy_h5, prepare_psf
+from scorelens.data.observations.coadd import load_coadd, load_lenstronomy_h5, prepare_psf
 from scorelens.data.observations.exposure_set import Exposure
 from scorelens.data.observations.flt import check_compatible, cut_exposure, dq_bitmask, load_exposures, read_flt
+from scorelens.data.observations.lens import load_lens
 from scorelens.data.simulate.flt_files import cd_matrix, wcs_header
 from scorelens.errors import InputError
 from tests.conftest import CONF, SHARED_DATA, compose_infer

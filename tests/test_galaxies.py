@@ -14,15 +14,10 @@ from astropy.table import Table
 from hydra.utils import instantiate
 
 from scorelens.cli.data import main
-from scorelens.data.training.galaxies import (
-    GalaxyDataset,
-    RawGalaxy,
-    augmentation,
-    open_galaxies,
-    prepare,
-    prepare_image,
-    resample,
-)
+from scorelens.data.training.galaxies import GalaxyDataset, augmentation
+from scorelens.data.training.galaxy_images import resample
+from scorelens.data.training.galaxy_prepare import prepare, prepare_image
+from scorelens.data.training.galaxy_readers import RawGalaxy, open_galaxies
 from scorelens.data.training.image_stack import ImageStackDataset
 from scorelens.errors import InputError
 from scorelens.priors.checkpoint import load_prior
@@ -167,7 +162,7 @@ SETTINGS = dict(centre="centroid", mask_neighbours=False, mask_fill="noise", bor
 
 
 def run_one(image, pixel_scale, target, size, **kwargs):
-    from scorelens.data.training.galaxies import PrepareSettings
+    from scorelens.data.training.galaxy_prepare import PrepareSettings
 
     s = PrepareSettings(size=size, pixel_scale=target, **{**SETTINGS, **kwargs})
     return prepare_image(RawGalaxy(image, pixel_scale, "x"), s, np.random.default_rng(0))
@@ -226,7 +221,7 @@ def test_prepare_writes_an_arrow_dataset(tmp_path, caplog):
     images = [gaussian((60, 70), 30, 35, s, flux=10 * s) for s in (2.0, 3.0, 4.0)]
     images.append(np.full((60, 60), np.nan))
     folder = write_fits_folder(tmp_path / "in", images, pixel_scale=0.03)
-    with caplog.at_level(logging.INFO, logger="scorelens.data.training.galaxies"):
+    with caplog.at_level(logging.INFO, logger="scorelens.data.training.galaxy_prepare"):
         out = prepare(folder, tmp_path / "out", size=48, pixel_scale=0.06)
     assert "wrote 3 of 4 galaxies" in caplog.text and "1 non-finite (e.g. gal3)" in caplog.text
     ds = prepared(out)

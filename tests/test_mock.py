@@ -14,12 +14,14 @@ from omegaconf import OmegaConf
 
 from scorelens.cli import data as data_cli
 from scorelens.data.observations.sky_grid import sky_offsets, sky_to_pixel
-from scorelens.data.simulate import mock
+from scorelens.data.simulate import mock, mock_build
 from scorelens.data.simulate.flt_files import DQ_BAD_PIXEL, DQ_COSMIC_RAY
 from scorelens.data.simulate.hst_psf import hst_like_psf
-from scorelens.data.simulate.mock import MockConfig, load_truth, make_mock, mock_config, render_frames, render_truth
+from scorelens.data.simulate.mock import load_truth, make_mock, render_truth
+from scorelens.data.simulate.mock_build import render_frames
+from scorelens.data.simulate.mock_config import MockConfig, mock_config
 from scorelens.data.simulate.scene import draw_mass
-from scorelens.errors import InputError
+from scorelens.errors import DifferentMockError, InputError
 from scorelens.lensing.mass import PARAM_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,8 +158,9 @@ def test_existing_mock_is_kept_or_refused(tmp_path):
     paths = make_mock(tmp_path, seed=5, **TINY)
     stamp = paths.truth_json.stat().st_mtime_ns
     assert make_mock(tmp_path, seed=5, **TINY).truth_json.stat().st_mtime_ns == stamp  # kept as it is
-    with pytest.raises(InputError, match="different mock"):
+    with pytest.raises(DifferentMockError, match="different mock") as err:
         make_mock(tmp_path, seed=6, **TINY)
+    assert (err.value.root, err.value.seed) == (tmp_path, 5)
     make_mock(tmp_path, seed=6, overwrite=True, **TINY)
     assert load_truth(tmp_path).meta["seed"] == 6
     assert not list(tmp_path.glob(".*tmp*"))
@@ -206,8 +209,8 @@ def test_lens_config_matches_the_generator_defaults():
     assert [Path(p).name for p in lens["exposures"]] == defaults.file_names()
     assert lens["rootnames"] == defaults.rootnames()
     # init: near the true mass of the configured seed, not equal to it
-    truth = draw_mass(mock._rng(defaults.seed, mock._MASS), defaults.theta_E, defaults.gamma_sigma, defaults.q,
-                      defaults.center_max, defaults.gamma_ext_max, defaults.multipole_sigma)
+    truth = draw_mass(mock_build._rng(defaults.seed, mock_build._MASS), defaults.theta_E, defaults.gamma_sigma,
+                      defaults.q, defaults.center_max, defaults.gamma_ext_max, defaults.multipole_sigma)
     init = lens["init"]
     assert set(init) == set(PARAM_NAMES)
     assert init != truth and abs(init["theta_E"] - truth["theta_E"]) < 0.1 and abs(init["q"] - truth["q"]) < 0.1
@@ -259,7 +262,7 @@ def test_simulated_catalogue_entry_scatters_about_the_truth(tmp_path):
     """Each mock carries an SIE 'catalogue' entry (the start of `lens=mock`, as Bolton et al.'s values start SLACS
     lenses): drawn from its own random stream, so the data of a seed do not depend on it; its errors over many
     draws have the configured spreads."""
-    from scorelens.data.simulate.mock import simulated_catalog
+    from scorelens.data.simulate.mock_build import simulated_catalog
 
     meta = load_truth(make_mock(tmp_path, seed=5, **TINY).root).meta
     cat, mass = meta["catalog"], meta["mass"]

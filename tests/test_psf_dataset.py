@@ -9,9 +9,10 @@ from astropy.io import fits
 
 from scorelens.cli import data as data_cli
 from scorelens.data.psf.epsf import psf_centroid
-from scorelens.data.psf.library import PSFDataset, write_stack
+from scorelens.data.psf.library import write_stack
 from scorelens.data.simulate.mock import make_mock
 from scorelens.data.training.image_stack import ImageStackDataset
+from scorelens.data.training.psf_dataset import PSFDataset
 from scorelens.errors import InputError
 from tests.conftest import SHARED_DATA, run_train
 from tests.test_epsf import gaussian

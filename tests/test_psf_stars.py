@@ -236,7 +236,8 @@ def _stamps(centres, flux=2e4, size=15, o=4, seed=0):
 
 
 def test_star_fits_and_psf_groups_own_pooled_and_given():
-    from scorelens.inference.psf.setup import PSFData, psf_groups
+    from scorelens.data.psf.exposure_psfs import ExposurePSF, LensPSFs, PSFKind
+    from scorelens.inference.psf.setup import psf_groups
 
     stamps, epsf = _stamps([(7.3, 6.8), (6.6, 7.2)])
     fitted = fit_stars(stamps, epsf, 4)
@@ -244,8 +245,9 @@ def test_star_fits_and_psf_groups_own_pooled_and_given():
     np.testing.assert_allclose(fitted.fluxes, 2e4, rtol=0.01)
     empty = stamps.select(np.zeros(0, dtype=int))
     given = gaussian_psf(21, 1, 1.0)
-    psfs = PSFData(np.zeros((3, 5, 5)), [("pooled", stamps, epsf, 4), ("pooled", empty, epsf, 4),
-                                         ("given", None, given, 1)], pooled=stamps)
+    psfs = LensPSFs((ExposurePSF("e0", PSFKind.POOLED, epsf, 4, stamps),
+                     ExposurePSF("e1", PSFKind.POOLED, epsf, 4, empty),
+                     ExposurePSF("e2", PSFKind.GIVEN, given, 1)), np.zeros((3, 5, 5)), pooled=stamps)
     data = SimpleNamespace(exposures=[SimpleNamespace(name=f"e{i}", pixel_scale=0.05) for i in range(3)])
     lists, group = psf_groups({"min_stars_sampled": 1, "given_noise": 0.01}, psfs, data, "sample")
     assert group == [0, 1, 2] and [len(s) for s, _ in lists] == [2, 2, 1]  # own, pooled (all stars), pseudo-star

@@ -31,7 +31,7 @@ OVERRIDE = re.compile(r"^((\+{1,2})?[A-Za-z_][\w.@/-]*=|~[A-Za-z_][\w.@/-]*(=|$)
 
 
 def _galaxies(args) -> None:
-    from ..data.training.galaxies import prepare
+    from ..data.training.galaxy_prepare import prepare
 
     node = OmegaConf.to_container(compose_config("train", ["prior=source", *args.overrides]).prepare, resolve=True)
     for key in ("size", "pixel_scale", "centre", "mask_neighbours", "mask_fill", "border", "detect_sigma",
@@ -73,7 +73,8 @@ def _mast(args) -> None:
 
 
 def _mock(args) -> None:
-    from ..data.simulate.mock import MockConfig, make_mock
+    from ..data.simulate.mock import make_mock
+    from ..data.simulate.mock_config import MockConfig
 
     paths = make_mock(args.out_dir, seed=MockConfig.seed if args.seed is None else args.seed,
                       overwrite=args.overwrite)

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.observations.coadd import load_lens
 from ..data.observations.exposure_set import ExposureSet
+from ..data.observations.lens import load_lens
+from ..data.psf.exposure_psfs import exposure_psfs
 from ..errors import InputError
 from ..lensing.forward import ForwardModel
 from ..lensing.geometry import ModelGeometry
@@ -30,7 +31,7 @@ from .gibbs import Problem
 from .likelihood import GaussianLikelihood
 from .parameters import ParameterSpace
 from .posterior_sde import FluxMap
-from .psf.setup import exposure_psfs, psf_model
+from .psf.setup import psf_model
 
 log = logging.getLogger(__name__)
 

@@ -31,20 +31,15 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning, NoConvergence
 
+from ...errors import InputError, TangentPlaneError, one_line
 from .exposure_set import Chip, Exposure, ExposureSet
 from .masks import load_user_mask
 from .sky import sky_level
 from .sky_grid import cutout_grid, sky_offsets, sky_to_pixel
-from ...errors import InputError
 
 log = logging.getLogger(__name__)
 
 _SKIP_KEYS = {"", "COMMENT", "HISTORY"}
-
-
-def one_line(err: BaseException) -> str:
-    """An exception's message on one line (FITS and WCS errors can span several)."""
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def require_file(path: Path, hint: str = "") -> None:
@@ -188,7 +183,7 @@ def lens_pixel(wcs: WCS, ra: float, dec: float) -> tuple[float, float]:
     # guard against solutions that do not map back onto the lens (points far off the chip, behind the tangent point)
     try:
         x, y = sky_offsets(wcs, ra, dec, row, col)
-    except InputError:
+    except TangentPlaneError:
         return math.nan, math.nan
     return (row, col) if math.hypot(float(x), float(y)) < 1e-3 else (math.nan, math.nan)
 
@@ -218,8 +213,8 @@ def cut_exposure(chips: Sequence[Chip], ra: float, dec: float, size: int, dq_bit
             centre (module docstring).
         dq_bits: DQ bits that mark bad pixels (a list of bit values or one integer mask; `observations.dq_bad_bits`).
         user_mask: None, a [size, size] or chip-shaped bool array (True = masked out), or a ds9 region / FITS /
-            .npy file (`scorelens.data.observations.masks.load_user_mask`; pixel regions in the chip's pixel coordinates).
-        sky: the sky level to subtract (`scorelens.data.observations.sky.sky_level`: "header", "median", "none" or a number).
+            .npy file (`masks.load_user_mask`; pixel regions in the chip's pixel coordinates).
+        sky: the sky level to subtract (`sky.sky_level`: "header", "median", "none" or a number).
 
     Returns:
         The Exposure: data [N, N] float64 in the chip's unit, variance = ERR^2, mask True where DQ is good, SCI

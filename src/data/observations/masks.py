@@ -25,15 +25,11 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from ...errors import InputError
+from ...errors import InputError, one_line
 
 log = logging.getLogger(__name__)
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _as_bool(path, array, shape, origin, frame_shape) -> np.ndarray:
@@ -60,7 +56,7 @@ def _fits_array(path: Path) -> np.ndarray:
                 if hdu.data is not None and getattr(hdu, "is_image", False):
                     return np.array(hdu.data)
     except Exception as err:  # corrupt FITS files fail in many ways
-        raise InputError(f"{path}: cannot be read as a FITS mask ({_one_line(err)})") from None
+        raise InputError(f"{path}: cannot be read as a FITS mask ({one_line(err)})") from None
     raise InputError(f"{path}: no image HDU holds data; a FITS mask needs one")
 
 
@@ -68,7 +64,7 @@ def _npy_array(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except Exception as err:
-        raise InputError(f"{path}: cannot be read as a .npy mask ({_one_line(err)})") from None
+        raise InputError(f"{path}: cannot be read as a .npy mask ({one_line(err)})") from None
 
 
 def region_mask(path, shape, wcs=None, origin=(0, 0), invert: bool = False) -> np.ndarray:
@@ -81,7 +77,7 @@ def region_mask(path, shape, wcs=None, origin=(0, 0), invert: bool = False) -> n
             warnings.simplefilter("ignore")  # regions warns about unsupported ds9 shapes it skips
             regions = Regions.read(str(path), format="ds9")
     except Exception as err:
-        raise InputError(f"{path}: cannot be read as a ds9 region file ({_one_line(err)})") from None
+        raise InputError(f"{path}: cannot be read as a ds9 region file ({one_line(err)})") from None
     if len(regions) == 0:
         raise InputError(f"{path}: holds no ds9 region (empty, or not a ds9 region file)")
     h, w = (int(s) for s in shape)
@@ -99,7 +95,7 @@ def region_mask(path, shape, wcs=None, origin=(0, 0), invert: bool = False) -> n
             try:
                 region = region.to_pixel(wcs)
             except Exception as err:
-                raise InputError(f"{path}: a sky region cannot be converted to pixels ({_one_line(err)})") from None
+                raise InputError(f"{path}: a sky region cannot be converted to pixels ({one_line(err)})") from None
         if not isinstance(region, PixelRegion) or type(region).__name__.startswith(("Point", "Line", "Text")):
             log.warning("%s: %s encloses no pixel; ignored", path, type(region).__name__)
             continue

@@ -2,21 +2,18 @@
 
     scorelens-data mast J1430 [--data-dir data] [--kind flt|flc]
 
-takes the lens config `lens=J1430` (composed by the command line), asks MAST (astroquery) for the calibrated exposures named by its `rootnames`, and puts
-them where the lens config expects them (`paths.data_dir`/<exposures>). Without a network it says in one line
-which files to fetch and where to put them.
+takes the lens config `lens=J1430` (composed by the command line), asks MAST (astroquery) for the calibrated
+exposures named by its `rootnames`, and puts them where the lens config expects them (`paths.data_dir`/<exposures>).
+Without a network it says in one line which files to fetch and where to put them.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-
-from omegaconf import OmegaConf
 
 from ...errors import InputError
 

@@ -17,7 +17,7 @@ import math
 import numpy as np
 from astropy.wcs import WCS
 
-from ...errors import InputError
+from ...errors import InputError, TangentPlaneError
 
 ARCSEC_PER_RAD = 180.0 / math.pi * 3600.0
 
@@ -30,7 +30,8 @@ def tangent_offsets(ra_deg, dec_deg, ra0_deg: float, dec0_deg: float) -> tuple[n
     dra = np.deg2rad((np.asarray(ra_deg, dtype=np.float64) - ra0_deg + 180.0) % 360.0 - 180.0)
     cos_c = math.sin(dec0) * np.sin(dec) + math.cos(dec0) * np.cos(dec) * np.cos(dra)
     if np.any(cos_c <= 0):
-        raise InputError("sky positions more than 90 degrees from the lens cannot be projected onto its tangent plane")
+        raise TangentPlaneError("sky positions more than 90 degrees from the lens cannot be projected onto its tangent "
+                                "plane")
     x = np.cos(dec) * np.sin(dra) / cos_c
     y = (math.cos(dec0) * np.sin(dec) - math.sin(dec0) * np.cos(dec) * np.cos(dra)) / cos_c
     return x * ARCSEC_PER_RAD, y * ARCSEC_PER_RAD

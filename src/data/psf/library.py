@@ -1,4 +1,5 @@
-"""PSFs for the PSF prior: a map-style dataset over PSF files, and a CLI that writes PSF training stacks.
+"""PSF libraries: PSF files read as centred, unit-sum PSFs on one grid (`PSFLibrary`), and the CLI that writes PSF
+training stacks. `scorelens.data.training.psf_dataset.PSFDataset` serves a library to the PSF prior.
 
 Readable sources (`scan_psf_sources`), one file or a folder of them (not recursive):
 - a stack: HDF5 (dataset `key`, [N, K, K] or [N, 1, K, K]) or .npy; its oversampling is the HDF5 attribute
@@ -7,25 +8,15 @@ Readable sources (`scan_psf_sources`), one file or a folder of them (not recursi
   one sample; oversampling from a header keyword (OVERSAMP, SUBSAMPL, DET_SAMP) if present, else
   `cube_oversampling` (the STDPSF libraries are 4x supersampled);
 - a single-PSF FITS (TinyTim, or any 2-D PSF image; every 2-D image HDU is one PSF, padded to a square if it is
-  not one): oversampling from a header
-  keyword as above, else from PIXSCALE (TinyTim writes the PSF's pixel size, detector scale / subsampling) as
-  detector_pixel_scale / PIXSCALE (rounded when within 2% of an integer, PIXSCALE being approximate), else
-  `image_oversampling`.
+  not one): oversampling from a header keyword as above, else from PIXSCALE (TinyTim writes the PSF's pixel size,
+  detector scale / subsampling) as detector_pixel_scale / PIXSCALE (rounded when within 2% of an integer,
+  PIXSCALE being approximate), else `image_oversampling`.
 FITS files of a folder that hold no image (catalogue tables) are skipped with a warning.
 
-Every PSF goes through `scorelens.data.psf.epsf.prepare_psf`: negative pixels (noise, fill values such as the -0.1 borders
-of some STDPSF planes) set to zero, centred on pixel N // 2 (the centroid of its core), resampled flux-conservingly
-to `oversampling` and cut to [N, N] = [image_size, image_size], centred again, normalised to unit sum; then mapped
-to network units by `norm` (x = (psf - offset) / scale; with scale 0.01, a unit-sum ACS/WFC F814W PSF at 4x, whose
-peak is about 0.01, peaks near 1).
-
-Augmentation. A PSF's orientation and handedness are fixed by the telescope and the detector: the spider's
-diffraction spikes, the aberrations (coma, astigmatism) and the geometric distortion of the field all have fixed
-directions on the detector, so a rotated or mirrored PSF is the PSF of no real observation and would teach the
-prior shapes the data never show. Hence no rotations and no flips. The one optional augmentation, `jitter`, moves
-each PSF by a uniform random sub-pixel offset (up to `jitter` fine pixels): real PSFs are centred only to the
-accuracy of their centroid, and the offset is a translation, which the physics allows. It is off by default,
-because the sampler fits each exposure's alignment shift separately and a jittered prior would trade off against it.
+Every PSF goes through `scorelens.data.psf.epsf.prepare_psf`: negative pixels (noise, fill values such as the -0.1
+borders of some STDPSF planes) set to zero, centred on pixel N // 2 (the centroid of its core), resampled
+flux-conservingly to `oversampling` and cut to [N, N] = [image_size, image_size], centred again, normalised to unit
+sum.
 
 CLI (writes HDF5 stacks `images` [n, size, size] float32, unit-sum PSFs, attribute `oversampling`):
 
@@ -38,28 +29,23 @@ per chip); `convert` turns STDPSF/TinyTim files, stacks or a folder of them into
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from .epsf import prepare_psf
-from ..training.normalization import PixelNorm
+from ...atomic import atomic_write
 from ...errors import InputError
+from .epsf import build_epsf, prepare_psf
+from .stars import StarStamps, find_settings, find_stars_in_flt
 
 log = logging.getLogger(__name__)
 
 STACK_SUFFIXES = (".h5", ".hdf5", ".npy")
 FITS_SUFFIXES = (".fits", ".fit", ".fts")
 OVERSAMPLING_KEYWORDS = ("OVERSAMP", "SUBSAMPL", "DET_SAMP")
-AUGMENTATIONS = ("none", "jitter")
-CONF_PSF_PRIOR = Path(__file__).resolve().parents[2] / "conf" / "prior" / "psf.yaml"
 
 
 @dataclass
@@ -187,7 +173,7 @@ def scan_psf_sources(path: str | Path, *, oversampling: float, key: str = "image
         path: a stack, a FITS file, or a folder of them.
         oversampling: the target oversampling (stacks without an attribute are taken to be at it unless
             `stack_oversampling` is given).
-        key, cube_oversampling, image_oversampling, stack_oversampling, detector_pixel_scale: as in `PSFDataset`.
+        key, cube_oversampling, image_oversampling, stack_oversampling, detector_pixel_scale: as in `PSFLibrary`.
     """
     path = Path(path)
     if path.is_dir():
@@ -219,21 +205,19 @@ def scan_psf_sources(path: str | Path, *, oversampling: float, key: str = "image
     return sources
 
 
-# ------------------------------------------------------------------------------------------------------ dataset
+# ------------------------------------------------------------------------------------------------------ library
 
 
-class PSFDataset(Dataset):
-    """PSFs [1, N, N] (float32, network units) for the PSF prior, from stacks, STDPSF cubes, TinyTim files or a
-    folder of them.
+class PSFLibrary:
+    """The PSFs of a stack, an STDPSF cube, a TinyTim file or a folder of them, prepared for the PSF prior.
 
-    Each item is a PSF at `oversampling` fine pixels per detector pixel, [image_size, image_size], centred on pixel
-    (N // 2, N // 2), unit sum, then `norm.to_net` (see the module's docstring). FITS PSFs are prepared once when the
-    dataset is made (bad ones raise InputError then); stack PSFs when they are read.
+    PSF i (`psf(i)`) is [image_size, image_size] float64 at `oversampling` fine pixels per detector pixel,
+    centred on pixel (N // 2, N // 2), non-negative, unit sum (see the module's docstring). FITS PSFs are prepared
+    once when the library is made (bad ones raise InputError then); stack PSFs when they are read.
 
     Args:
         path: a stack (.h5/.hdf5/.npy), a FITS file, or a folder of them.
         image_size: N, pixels at `oversampling`.
-        channels: must be 1.
         oversampling: fine pixels per detector pixel of the returned PSFs (4: 128 pixels span 32 detector pixels).
         key: HDF5 dataset name of stacks.
         cube_oversampling: oversampling of 3-D FITS cubes without a keyword (STDPSF: 4).
@@ -242,32 +226,18 @@ class PSFDataset(Dataset):
         detector_pixel_scale: arcsec per detector pixel, to read a FITS PIXSCALE (None: ignore PIXSCALE).
         clip_negative: set negative PSF pixels to zero before anything else.
         centre_box: half-size, detector pixels, of the box whose centroid defines a PSF's centre.
-        augment: "none" or "jitter" (random sub-pixel translation; no rotations or flips, see the module).
-        jitter: largest jitter offset, fine pixels.
-        norm: unit-sum PSF -> network units.
     """
 
-    def __init__(self, path: str | Path, image_size: int, channels: int = 1, oversampling: float = 4,
-                 key: str = "images", cube_oversampling: float = 4, image_oversampling: float = 1,
-                 stack_oversampling: float | None = None, detector_pixel_scale: float | None = None,
-                 clip_negative: bool = True, centre_box: float = 1.5, augment: str = "none", jitter: float = 0.25,
-                 norm: dict | PixelNorm | None = None):
-        if channels != 1:
-            raise InputError(f"PSFs have one channel, got channels={channels} (set prior.channels: 1)")
-        if augment not in AUGMENTATIONS:
-            raise InputError(f"PSF augment must be one of {AUGMENTATIONS} (no rotations or flips: a PSF's "
-                             f"orientation is fixed by the telescope), got {augment!r}")
-        if not (image_size >= 3 and oversampling > 0 and jitter >= 0):
-            raise InputError(f"PSFDataset needs image_size >= 3, oversampling > 0 and jitter >= 0, got {image_size}, "
-                             f"{oversampling}, {jitter}")
+    def __init__(self, path: str | Path, image_size: int, oversampling: float = 4, key: str = "images",
+                 cube_oversampling: float = 4, image_oversampling: float = 1, stack_oversampling: float | None = None,
+                 detector_pixel_scale: float | None = None, clip_negative: bool = True, centre_box: float = 1.5):
+        if not (image_size >= 3 and oversampling > 0):
+            raise InputError(f"PSFs need image_size >= 3 and oversampling > 0, got {image_size}, {oversampling}")
         self.path = Path(path)
         self.image_size = int(image_size)
         self.oversampling = float(oversampling)
         self.clip_negative = bool(clip_negative)
         self.centre_box = float(centre_box)
-        self.augment = augment
-        self.jitter = float(jitter)
-        self.norm = norm if isinstance(norm, PixelNorm) else PixelNorm(**dict(norm or {}))
         self.sources = scan_psf_sources(self.path, oversampling=self.oversampling, key=key,
                                         cube_oversampling=cube_oversampling, image_oversampling=image_oversampling,
                                         stack_oversampling=stack_oversampling,
@@ -280,8 +250,8 @@ class PSFDataset(Dataset):
                     self._prepared[int(self._starts[n]) + j] = self._prepare(psf, source.oversampling, label)
                 source.psfs = []  # the prepared copies are all that is needed
         self._arrays: dict[int, object] = {}  # stacks, opened lazily, once per DataLoader worker
-        log.info("PSF dataset: %d PSFs from %d file(s) under %s, [%d, %d] at oversampling %g", len(self),
-                 len(self.sources), self.path, self.image_size, self.image_size, self.oversampling)
+        log.info("PSFs: %d from %d file(s) under %s, [%d, %d] at oversampling %g", len(self), len(self.sources),
+                 self.path, self.image_size, self.image_size, self.oversampling)
 
     def _prepare(self, psf: np.ndarray, from_oversampling: float, where: str) -> np.ndarray:
         return prepare_psf(psf, from_oversampling, self.oversampling, self.image_size, where,
@@ -299,7 +269,7 @@ class PSFDataset(Dataset):
         return self._arrays[n]
 
     def psf(self, i: int) -> np.ndarray:
-        """PSF i as prepared (unit sum, centred, [N, N] float64), before augmentation and normalisation."""
+        """PSF i as prepared (unit sum, centred, [N, N] float64)."""
         if not 0 <= i < len(self):
             raise IndexError(f"PSF index {i} out of range for {len(self)} PSFs")
         if i in self._prepared:
@@ -312,17 +282,6 @@ class PSFDataset(Dataset):
 
     def __len__(self) -> int:
         return int(self._starts[-1])
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        psf = self.psf(int(i))
-        if self.augment == "jitter" and self.jitter > 0:
-            from scipy import ndimage
-
-            offset = (torch.rand(2, dtype=torch.float64) * 2 - 1).numpy() * self.jitter
-            psf = np.clip(ndimage.shift(psf, offset, order=3, mode="constant"), 0.0, None)
-            psf = psf / psf.sum()
-        img = torch.from_numpy(np.ascontiguousarray(psf, dtype=np.float32))[None]
-        return self.norm.to_net(img).contiguous()
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -337,8 +296,6 @@ def write_stack(path: str | Path, images: np.ndarray, oversampling: float, **ext
     """Write unit-sum PSFs [n, N, N] as an HDF5 stack `images` (float32, attribute `oversampling`), atomically;
     `extra` 1-D arrays (n values each) become datasets beside it."""
     import h5py
-
-    from ...atomic import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -375,9 +332,6 @@ def build_epsf_stack(flt_folder: str | Path, output: str | Path, *, find: Mappin
     Settings are the config's `stars` blocks: `find` for the stars, `epsf` for the builder (`oversampling` and
     `size` there unless given). Files (or chips) with fewer than `epsf.min_stars` stars are skipped with a warning.
     """
-    from .epsf import build_epsf
-    from .stars import StarStamps, find_settings, find_stars_in_flt
-
     folder = Path(flt_folder)
     if not folder.is_dir():
         raise InputError(f"FLT folder not found: {folder}")
@@ -410,6 +364,8 @@ def build_epsf_stack(flt_folder: str | Path, output: str | Path, *, find: Mappin
     write_stack(output, np.stack(images), oversampling, source=np.asarray(sources), chip=np.asarray(chips),
                 n_stars=np.asarray(counts))
     return len(images)
+
+
 READER_SETTINGS = ("oversampling", "key", "cube_oversampling", "image_oversampling", "stack_oversampling",
                    "detector_pixel_scale", "clip_negative", "centre_box")
 
@@ -417,10 +373,10 @@ READER_SETTINGS = ("oversampling", "key", "cube_oversampling", "image_oversampli
 def convert_psfs(source: str | Path, output: str | Path, *, readers: Mapping, size: int = 128) -> int:
     """STDPSF/TinyTim files, stacks or a folder of them -> a PSF stack of prepared PSFs; returns how many.
 
-    `readers`: the reader settings of `PSFDataset` (READER_SETTINGS; the PSF prior's `data.train` holds them).
+    `readers`: the reader settings of `PSFLibrary` (READER_SETTINGS; the PSF prior's `data.train` holds them).
     """
     settings = {k: readers[k] for k in READER_SETTINGS if k in readers}
-    data = PSFDataset(source, image_size=size, **settings)
+    data = PSFLibrary(source, image_size=size, **settings)
     images = np.stack([data.psf(i) for i in _progress(range(len(data)), "PSFs")])
     names = [s.path.name for s in data.sources for _ in range(s.count)]
     write_stack(output, images, data.oversampling, source=np.asarray(names))

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..observations.sky_grid import sky_offsets
 from ...errors import InputError
+from ..observations.flt import read_flt
+from ..observations.sky_grid import sky_offsets
 
 log = logging.getLogger(__name__)
 
@@ -332,41 +333,6 @@ def _within(value: float, bounds) -> bool:
 # ----------------------------------------------------------------------------------------------- FLT files
 
 
-def _primary_header(path: Path) -> dict:
-    from astropy.io import fits
-
-    try:
-        return dict(fits.getheader(path, 0))
-    except OSError as err:
-        raise InputError(f"{path}: cannot read the FITS header ({err})") from None
-
-
-def _read_chips(path: Path) -> list:
-    """Every SCI/ERR/DQ triple of a FITS file as `Chip`s (used when scorelens.data.observations.flt is not available)."""
-    from astropy.io import fits
-    from astropy.wcs import WCS
-
-    from ..observations.exposure_set import Chip
-
-    chips = []
-    try:
-        hdul = fits.open(path)
-    except OSError as err:
-        raise InputError(f"{path}: cannot read the FITS file ({err})") from None
-    with hdul:
-        for hdu in hdul:
-            if hdu.name != "SCI" or hdu.data is None:
-                continue
-            ver = hdu.header.get("EXTVER", 1)
-            try:
-                err, dq = hdul["ERR", ver].data, hdul["DQ", ver].data
-            except KeyError:
-                raise InputError(f"{path}: SCI extension {ver} has no matching ERR or DQ extension") from None
-            chips.append(Chip(sci=hdu.data.astype(np.float64), err=err.astype(np.float64), dq=dq.astype(np.int32),
-                              wcs=WCS(hdu.header, hdul), extver=int(ver), header=dict(hdu.header)))
-    return chips
-
-
 def find_stars_in_flt(path: str | Path, lens_ra: float | None = None, lens_dec: float | None = None,
                       *, settings: Mapping) -> list[tuple[int, StarStamps]]:
     """Stars in every chip of an FLT/FLC file.
@@ -381,15 +347,9 @@ def find_stars_in_flt(path: str | Path, lens_ra: float | None = None, lens_dec: 
         [(extver, StarStamps)] per chip.
     """
     path = Path(path)
-    try:
-        from ..observations.flt import read_flt
-    except ImportError:
-        read_flt = _read_chips
     chips = read_flt(path)
-    if not chips:
-        raise InputError(f"{path}: no SCI extension")
     if lens_ra is None:
-        header = chips[0].header if "RA_TARG" in chips[0].header else _primary_header(path)
+        header = chips[0].header  # the primary header's keywords with the chip's
         if "RA_TARG" in header and "DEC_TARG" in header:
             lens_ra, lens_dec = float(header["RA_TARG"]), float(header["DEC_TARG"])
         else:

@@ -10,9 +10,7 @@ so a WCS built in memory is bit-for-bit the WCS a reader gets from the file.
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from astropy.io import fits

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from scipy import ndimage, special
 
-from .sersic import render_sersic, sersic_total_flux
 from ...errors import InputError
 from ...lensing.grid import PixelGrid
+from .sersic import render_sersic, sersic_total_flux
 
 F64 = torch.float64
 

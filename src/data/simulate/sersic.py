@@ -35,6 +35,8 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 PARAM_KEYS = ("amplitude", "r_eff", "n", "q", "phi", "x0", "y0")
+# Sersic indices n over which b_n is solved to float64 round-off (the range simulations may draw from).
+INDEX_LIMITS = (0.2, 10.0)
 
 # b_n solver: Newton on log(b) from the asymptotic start converges to float64 round-off in <= 4 steps over
 # n in [0.2, 10]; two more cost nothing.

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .normalization import PixelNorm
 from ...errors import InputError
+from .normalization import PixelNorm
 
 AUGMENTATIONS = ("none", "flips", "dihedral")
 

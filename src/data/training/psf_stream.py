@@ -1,9 +1,9 @@
 """On-the-fly simulated HST-like PSFs for a demo PSF prior (no star cutouts or PSF libraries needed).
 
-Real PSF priors learn from empirical PSFs (`scorelens.data.psf.library`); this stream draws the analytic HST-like PSF of
-the mock exposures (`scorelens.data.simulate.hst_psf.hst_like_psf`: obscured-aperture diffraction averaged over the band, a
-Gaussian blur for jitter and charge diffusion, a mild elliptical stretch, a Moffat halo) with random settings, so
-that a small PSF prior can be trained anywhere. PSFs are sampled on sub-pixels of `detector_pixel_scale /
+Real PSF priors learn from empirical PSFs (`psf_dataset.PSFDataset`); this stream draws the analytic HST-like PSF
+of the mock exposures (`scorelens.data.simulate.hst_psf.hst_like_psf`: obscured-aperture diffraction averaged over
+the band, a Gaussian blur for jitter and charge diffusion, a mild elliptical stretch, a Moffat halo) with random
+settings, so that a small PSF prior can be trained anywhere. PSFs are sampled on sub-pixels of `detector_pixel_scale /
 oversampling` arcsec, `oversampling` per detector pixel along each axis (the forward model's `upsample`).
 """
 
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..simulate.hst_psf import hst_like_psf
 from .normalization import PixelNorm
-from .source_stream import SimulatedStream, check_integer, check_number, check_range, log_uniform, uniform
+from .stream import SimulatedStream, check_integer, check_number, check_range, log_uniform, uniform
 
 log = logging.getLogger(__name__)
 

@@ -1,18 +1,17 @@
-"""PSFs of the exposures for the sampler: the fixed ones (given, or ePSFs built from stars) and, with a PSF prior,
-the PSF step's model (`psf.step.PSFModel`): its groups, stars, operators and kernel maps."""
+"""The PSF step's model (`psf.step.PSFModel`) from the exposures' PSFs (`scorelens.data.psf.exposure_psfs`): its
+groups, stars, operators and kernel maps."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ...data.observations.exposure_set import ExposureSet
-from ...data.psf.epsf import build_epsf, effective_psf_kernel, kernel_offsets
-from ...data.psf.stars import StarStamps, find_settings, find_stars_in_flt
+from ...data.psf.epsf import kernel_offsets
+from ...data.psf.exposure_psfs import LensPSFs, PSFKind
 from ...errors import InputError
 from ...lensing.geometry import ModelGeometry
 from ...priors.checkpoint import load_prior
@@ -23,64 +22,7 @@ from .step import PSFModel, PSFStep, check_psf_prior_scale
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class PSFData:
-    """The PSFs of the exposures before sampling.
-
-    kernels: [n_exp, K, K] effective-PSF kernels on the model's sub-pixel grid (K = geometry.psf_size).
-    sources: per exposure, ("own", StarStamps, ePSF, oversampling) when it has enough stars of its own,
-        ("pooled", StarStamps, ePSF, oversampling) when it shares the ePSF of all stars (its own few stars kept),
-        ("given", None, PSF, oversampling) for a given PSF.
-    pooled: the stars of all exposures together (StarStamps) when some exposure shares them, else None.
-    """
-
-    kernels: np.ndarray
-    sources: list[tuple]
-    pooled: object = None
-
-
-def exposure_psfs(data: ExposureSet, geometry: ModelGeometry, psf_cfg: Mapping, find: Mapping) -> PSFData:
-    """Effective-PSF kernels of the exposures and where each came from.
-
-    A given PSF (co-adds) is used as it is. Otherwise the stars of each exposure's file give its ePSF; exposures
-    with fewer than `psf_cfg["min_stars"]` stars share one ePSF from the stars of all exposures.
-    """
-    over = int(psf_cfg["epsf_oversampling"])
-    size = 2 * (geometry.psf_size * over // (2 * geometry.upsample)) + 1  # ePSF pixels spanning the kernel
-    star_settings = find_settings(find)
-    stamps, sources = {}, {}
-    for e in data.exposures:
-        if e.psf is not None:
-            sources[e.name] = ("given", None, e.psf, e.psf_oversampling)
-            continue
-        if e.path is None:
-            raise InputError(f"exposure {e.name}: no PSF given and no file to find stars in")
-        found = [st for _, st in find_stars_in_flt(e.path, data.ra, data.dec, settings=star_settings)]
-        stamps[e.name] = StarStamps.concatenate(found, star_settings["stamp_size"])
-    pooled = pooled_epsf = None
-    for e in data.exposures:
-        if e.name in sources:
-            continue
-        own = stamps[e.name]
-        if len(own.data) >= psf_cfg["min_stars"]:
-            sources[e.name] = ("own", own, build_epsf(own, oversampling=over, size=size), over)
-            log.info("%s: ePSF from its %d stars", e.name, len(own.data))
-            continue
-        if pooled is None:
-            pooled = StarStamps.concatenate(list(stamps.values()), star_settings["stamp_size"])
-            if len(pooled.data) < psf_cfg["min_stars_pooled"]:
-                raise InputError(f"{data.name}: {len(pooled.data)} usable stars in all exposures together, "
-                                 f"fewer than {psf_cfg['min_stars_pooled']}; give a PSF or loosen stars.find")
-            pooled_epsf = build_epsf(pooled, oversampling=over, size=size)
-            log.info("one ePSF from the %d stars of all exposures", len(pooled.data))
-        sources[e.name] = ("pooled", own, pooled_epsf, over)
-    ordered = [sources[e.name] for e in data.exposures]
-    kernels = np.stack([effective_psf_kernel(src[2], src[3], geometry.upsample, geometry.psf_size)
-                        for src in ordered])
-    return PSFData(kernels, ordered, pooled)
-
-
-def psf_model(cfg: Mapping, psfs: PSFData, data: ExposureSet, geometry: ModelGeometry, prior_path, device, dtype
+def psf_model(cfg: Mapping, psfs: LensPSFs, data: ExposureSet, geometry: ModelGeometry, prior_path, device, dtype
               ) -> PSFModel | None:
     """The PSF step's model (`psf.step.PSFModel`), or None when the PSFs stay fixed (`psf.sample`); prior_path:
     `priors.psf.path` resolved (None when not set)."""
@@ -132,7 +74,7 @@ def psf_model(cfg: Mapping, psfs: PSFData, data: ExposureSet, geometry: ModelGeo
     return model
 
 
-def psf_groups(psf_cfg: Mapping, psfs: PSFData, data: ExposureSet, given: str) -> tuple[list, list[int]]:
+def psf_groups(psf_cfg: Mapping, psfs: LensPSFs, data: ExposureSet, given: str) -> tuple[list, list[int]]:
     """The PSF groups: [(StarList, detector pixel scale)] and each exposure's group (-1: kept fixed).
 
     An exposure with at least `min_stars_sampled` stars of its own has its own P (even one bright star constrains
@@ -141,17 +83,18 @@ def psf_groups(psf_cfg: Mapping, psfs: PSFData, data: ExposureSet, given: str) -
     """
     min_own = int(psf_cfg.get("min_stars_sampled", 1))
     keys, lists, group = {}, [], []
-    for e, (kind, stamps, epsf, over) in zip(data.exposures, psfs.sources, strict=True):
-        if kind == "given" and given == "fixed":
+    for e, psf in zip(data.exposures, psfs.exposures, strict=True):
+        is_given = psf.kind is PSFKind.GIVEN
+        if is_given and given == "fixed":
             group.append(-1)
             continue
-        own = stamps is not None and len(stamps.data) >= min_own
-        key = e.name if (own or kind == "given") else "pooled"
+        own = psf.stars is not None and len(psf.stars.data) >= min_own
+        key = e.name if (own or is_given) else "pooled"
         if key not in keys:
-            if kind == "given":
-                stars = given_psf_star(epsf, over, float(psf_cfg.get("given_noise", 0.01)))
+            if is_given:
+                stars = given_psf_star(psf.psf, psf.oversampling, float(psf_cfg.get("given_noise", 0.01)))
             else:
-                stars = fit_stars(stamps if own else psfs.pooled, epsf, over)
+                stars = fit_stars(psf.stars if own else psfs.pooled, psf.psf, psf.oversampling)
                 if len(stars) == 0:
                     raise InputError(f"{e.name}: no star could be fitted for the PSF step; set psf.sample=false")
             log.info("PSF group %d (%s): %d star(s)", len(lists), key, len(stars))
