@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -140,8 +141,15 @@ def test_the_design_contract_names_import_from_a_checkout():
 def test_the_wheel_holds_the_package_and_its_configs(tmp_path):
     """`pip install .` installs `scorelens` with its configs and console scripts; the unpacked wheel imports and
     runs `scorelens-infer --help` from another folder."""
+    # built from a copy: setuptools writes build/ beside the sources
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, tree / name)
+    for name in ("src", "conf"):
+        shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"),
-                           str(ROOT)], capture_output=True, text=True, timeout=600)
+                           str(tree)], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0 and "Could not find a version that satisfies" in proc.stderr:
         pytest.skip("no package index to fetch the build backend from")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -302,7 +302,7 @@ def _check_stars(stars: DictConfig) -> None:
 
 
 def _check_mock(block: DictConfig) -> None:
-    from ..data.simulate.mock import MockConfig
+    from ..data.simulate.mock_config import MockConfig
 
     # the lens's own name, ra, dec and redshifts complete the MockConfig
     top = {"name", "ra", "dec", "z_lens", "z_source"}

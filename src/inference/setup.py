@@ -1,9 +1,9 @@
 """From a composed infer config to a sampling `Problem`: data, model geometry, PSFs, priors and flux maps.
 
-PSFs (`psf/setup.py`): a co-add's given PSF, or one ePSF per exposure built from its stars; both are effective PSFs
-(they include the pixel response), so the forward model runs with detector="sample" and the kernel is the ePSF
-point-sampled at the model's sub-pixels (`scorelens.data.psf.epsf.effective_psf_kernel`). With a PSF prior, the PSF
-step's model replaces them by each chain's own draws.
+PSFs (`scorelens.data.psf.exposure_psfs`): a co-add's given PSF, or one ePSF per exposure built from its stars;
+both are effective PSFs (they include the pixel response), so the forward model runs with detector="sample" and the
+kernel is the ePSF point-sampled at the model's sub-pixels (`scorelens.data.psf.epsf.effective_psf_kernel`). With a
+PSF prior, the PSF step's model (`psf/setup.py`) replaces them by each chain's own draws.
 
 Flux maps: each prior works in its own network units; `flux.<kind>.scale` is the data's units per network unit.
 `auto` takes a robust peak of the data (the `flux.peak_percentile` percentile of the usable pixels) divided by

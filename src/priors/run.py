@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..atomic import atomic_write_text
 from ..data.training.normalization import PixelNorm
+from ..data.training.stream import SimulatedStream
 from ..errors import InputError
 from .callbacks import FinalCheckpoint
 from .module import ScorePriorModule
@@ -39,14 +40,14 @@ def train(cfg: DictConfig) -> Path:
     # shards itself across DataLoader workers, so its length is exact.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
-    if "LensLightStream" in str(cfg.data.train.get("_target_", "")):
-        # streams resume mid-epoch at the right batch (PriorDataModule), which Lightning cannot see
-        warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch")
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = find_checkpoint(output_dir / "checkpoints", cfg.resume)
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = _build(cfg.data)
+    if isinstance(datamodule.train_set, SimulatedStream):
+        # streams resume mid-epoch at the right batch (PriorDataModule), which Lightning cannot see
+        warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch")
     norm = getattr(datamodule.train_set, "norm", PixelNorm())
     module = ScorePriorModule(
         kind=cfg.prior.kind, net=_plain(cfg.net), sde=_plain(cfg.sde), optim=_plain(cfg.optim),

@@ -43,7 +43,6 @@ class MockConfig:
     dec: float = 2.20583
     z_lens: float = 0.285
     z_source: float = 0.575
-    n_exp: int = 4
     frame: tuple[int, int] = (200, 200)
     cutout: int = 128
     pixel_scale: float = 0.05
@@ -63,6 +62,7 @@ class MockConfig:
     cosmic_density: float = 1.25e-3
     bad_pixel_fraction: float = 5.0e-4
     sip: bool = True
+    n_exp: int = 4
     dither: tuple[tuple[float, float], ...] = ((0.0, 0.0), (5.0, 1.5), (2.5, 4.0), (-2.5, 2.5))
     roll_sigma: float = 0.002
     shift_sigma: float = 0.004
