@@ -120,6 +120,9 @@ def test_a_value_where_settings_belong_is_named_with_the_settings(override, key)
 
 def test_unset_values_are_named():
     rejects(["lens=J1430", "~lens.init.q"], "lens.init.q", "not set")
+    # the groups' settings have their defaults in conf/ only: one left out is named, not filled in by the schema
+    rejects(["lens=J1430", "~psf.given", "~sampler.shifts.fix_first"], "psf.given", "sampler.shifts.fix_first",
+            "not set")
     # the base of the SLACS configs is no lens of its own: what each lens must give is named
     message = rejects(["lens=base/slacs"], "lens.name", "lens.ra", "lens.catalog.b_SIE_arcsec")
     assert "lens.init.gamma" not in message  # given by the base

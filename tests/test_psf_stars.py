@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from scipy.special import erf
 
 from scorelens.data.psf.epsf import effective_psf_kernel, kernel_offsets
@@ -24,6 +25,7 @@ from scorelens.inference.psf.stars import (
 from scorelens.inference.psf.step import PSFModel, PSFStep
 from scorelens.inference.sde_settings import SDESettings
 from scorelens.priors.sde import VESDE
+from tests.conftest import compose_infer
 
 F64 = torch.float64
 
@@ -260,8 +262,10 @@ def test_psf_step_configuration_errors_are_one_line():
     from scorelens.errors import InputError
     from scorelens.inference.psf.setup import psf_model
 
+    base = OmegaConf.to_container(compose_infer(["lens=J1430"]), resolve=False)
+
     def cfg(psf=None, **prior):
-        return {"priors": {"psf": {"path": None, **prior}}, "psf": {"sample": "auto", **(psf or {})}, "sampler": {}}
+        return {**base, "priors": {"psf": {**base["priors"]["psf"], **prior}}, "psf": {**base["psf"], **(psf or {})}}
 
     assert psf_model(cfg(), None, None, None, None, "cpu", F64) is None  # no prior: PSFs stay fixed
     assert psf_model(cfg({"sample": False}, path="p.pt"), None, None, None, "p.pt", "cpu", F64) is None

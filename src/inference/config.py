@@ -12,6 +12,9 @@ Some nodes are checked against the code that reads them, so that their keys are 
 the sampler: its stages, SDE settings and parameter priors are checked by the code that reads them
 (`validate_sampler_config`).
 
+Defaults live in conf/ only: every key the config groups write is required here (MISSING), so the schema never
+fills in a value of its own; keys that a lens config may leave out default to None.
+
 The check only reads the config: values are not converted (the run's config hash is computed from them as given).
 """
 
@@ -88,13 +91,13 @@ class LensConfig:
 class SourceGrid:
     n: int = MISSING
     pixel_scale: float = MISSING     # arcsec
-    x0: float = 0.0
-    y0: float = 0.0
+    x0: float = MISSING
+    y0: float = MISSING
 
 
 @dataclass
 class LensLightGrid(SourceGrid):
-    pixel_scale: float | None = None  # null: from the detector and the exposures' footprint
+    pixel_scale: float | None = MISSING  # null: from the detector and the exposures' footprint
 
 
 @dataclass
@@ -105,7 +108,7 @@ class LensingConfig:
     psf_size: int = MISSING
     source: SourceGrid = field(default_factory=SourceGrid)
     lens_light: LensLightGrid = field(default_factory=LensLightGrid)
-    n_terms: int | None = None
+    n_terms: int | None = MISSING
 
 
 @dataclass
@@ -114,7 +117,7 @@ class ObservationsConfig:
 
     cutout: int = MISSING
     dq_bad_bits: list[int] = MISSING
-    sky: Any = "header"              # header, median, none or a number
+    sky: Any = MISSING               # header, median, none or a number
 
 
 @dataclass
@@ -127,13 +130,13 @@ class StarsConfig:
 
 @dataclass
 class PriorFile:
-    path: str | None = None
+    path: str | None = MISSING
 
 
 @dataclass
 class PSFPriorFile(PriorFile):
-    pixel_scale: float | None = None  # arcsec per prior pixel
-    response: str = "effective"       # effective or optical
+    pixel_scale: float | None = MISSING  # arcsec per prior pixel
+    response: str = MISSING           # effective or optical
 
 
 @dataclass
@@ -145,7 +148,7 @@ class PriorsConfig:
 
 @dataclass
 class FluxScale:
-    scale: Number | str = "auto"     # data units per network unit, or auto
+    scale: Number | str = MISSING    # data units per network unit, or auto
     net_peak: float = MISSING
 
 
@@ -163,21 +166,21 @@ class PSFConfig:
     epsf_oversampling: int = MISSING
     min_stars: int = MISSING
     min_stars_pooled: int = MISSING
-    sample: bool | str = "auto"      # auto, true or false
-    min_stars_sampled: int = 1
-    refine_rounds: int = 2
-    given: str = "fixed"             # fixed or sample
-    given_noise: float = 0.01
+    sample: bool | str = MISSING     # auto, true or false
+    min_stars_sampled: int = MISSING
+    refine_rounds: int = MISSING
+    given: str = MISSING             # fixed or sample
+    given_noise: float = MISSING
 
 
 @dataclass
 class WandbConfig:
     enabled: bool = MISSING
-    mode: str = "offline"
-    project: str = "scorelens"
-    entity: str | None = None
-    group: str | None = None
-    tags: list[str] = field(default_factory=list)
+    mode: str = MISSING
+    project: str = MISSING
+    entity: str | None = MISSING
+    group: str | None = MISSING
+    tags: list[str] = MISSING
 
 
 @dataclass
@@ -190,9 +193,9 @@ class PathsConfig:
 
 @dataclass
 class ShiftsConfig:
-    max: float | None = None         # arcsec; null: half the cutout
+    max: float | None = MISSING      # arcsec; null: half the cutout
     scale: float = MISSING           # arcsec, MALA's preconditioner
-    fix_first: bool = True
+    fix_first: bool = MISSING
 
 
 @dataclass
@@ -207,13 +210,13 @@ class SamplerConfig:
     readers (`validate_sampler_config`)."""
 
     chains: int = MISSING
-    device: str = "auto"
-    dtype: str = "float32"
+    device: str = MISSING
+    dtype: str = MISSING
     parameters: dict[str, Any] = MISSING
     shifts: ShiftsConfig = field(default_factory=ShiftsConfig)
     mala: MALAConfig = field(default_factory=MALAConfig)
-    sde: dict[str, Any] = field(default_factory=dict)
-    psf: dict[str, Any] = field(default_factory=dict)
+    sde: dict[str, Any] = MISSING
+    psf: dict[str, Any] = MISSING
     stages: dict[str, Any] = MISSING
 
 
@@ -222,7 +225,7 @@ class InferConfig:
     """The composed config of `python infer.py` (conf/infer.yaml)."""
 
     seed: int = MISSING
-    resume: bool | str = "auto"      # auto, false, ...
+    resume: bool | str = MISSING     # auto, false, ...
     priors: PriorsConfig = field(default_factory=PriorsConfig)
     flux: FluxConfig = field(default_factory=FluxConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)

@@ -27,19 +27,19 @@ def psf_model(cfg: Mapping, psfs: LensPSFs, data: ExposureSet, geometry: ModelGe
     """The PSF step's model (`psf.step.PSFModel`), or None when the PSFs stay fixed (`psf.sample`); prior_path:
     `priors.psf.path` resolved (None when not set)."""
     pcfg = (cfg["priors"].get("psf") or {})
-    want = str(cfg["psf"].get("sample", "auto")).lower()
+    want = str(cfg["psf"]["sample"]).lower()
     if want not in ("auto", "true", "false"):
         raise InputError(f"psf.sample must be auto, true or false, got {want!r}")
     if want == "false" or (want == "auto" and pcfg.get("path") is None):
         return None
     if pcfg.get("path") is None:
         raise InputError("psf.sample=true needs a PSF prior: set priors.psf.path")
-    given = str(cfg["psf"].get("given", "fixed")).lower()
+    given = str(cfg["psf"]["given"]).lower()
     if given not in ("fixed", "sample"):
         raise InputError(f"psf.given must be fixed or sample, got {given!r}")
     if pcfg.get("pixel_scale") is None:
         raise InputError("priors.psf.pixel_scale (arcsec per PSF prior pixel) is required to sample PSFs")
-    response = pcfg.get("response", "effective")
+    response = pcfg["response"]
     if response not in RESPONSES:
         raise InputError(f"priors.psf.response must be one of {RESPONSES}, got {response!r}")
     prior = load_prior(prior_path, kind="psf", map_location=device).to(dtype)
@@ -67,9 +67,9 @@ def psf_model(cfg: Mapping, psfs: LensPSFs, data: ExposureSet, geometry: ModelGe
              response, len(lists), len(stars))
     model = PSFModel(prior, FluxMap(float(norm.scale), float(norm.offset)), stars, star_group, len(lists), star_over,
                      response, kernels, settings, dtype=dtype, device=device)
-    rounds = int(cfg["psf"].get("refine_rounds", 2))
+    rounds = int(cfg["psf"]["refine_rounds"])
     if rounds and stars.measured.any():
-        gen = torch.Generator(device=device).manual_seed(int(cfg.get("seed", 0)) + 7919)
+        gen = torch.Generator(device=device).manual_seed(int(cfg["seed"]) + 7919)
         model.refine_stars(gen, rounds=rounds)
     return model
 
@@ -81,7 +81,7 @@ def psf_groups(psf_cfg: Mapping, psfs: LensPSFs, data: ExposureSet, given: str) 
     P, with the prior's help); exposures without share the P of all exposures' stars; a given PSF is a group of its
     own (a pseudo-star) with `given: sample`, else kept fixed.
     """
-    min_own = int(psf_cfg.get("min_stars_sampled", 1))
+    min_own = int(psf_cfg["min_stars_sampled"])
     keys, lists, group = {}, [], []
     for e, psf in zip(data.exposures, psfs.exposures, strict=True):
         is_given = psf.kind is PSFKind.GIVEN
@@ -92,7 +92,7 @@ def psf_groups(psf_cfg: Mapping, psfs: LensPSFs, data: ExposureSet, given: str) 
         key = e.name if (own or is_given) else "pooled"
         if key not in keys:
             if is_given:
-                stars = given_psf_star(psf.psf, psf.oversampling, float(psf_cfg.get("given_noise", 0.01)))
+                stars = given_psf_star(psf.psf, psf.oversampling, float(psf_cfg["given_noise"]))
             else:
                 stars = fit_stars(psf.stars if own else psfs.pooled, psf.psf, psf.oversampling)
                 if len(stars) == 0:

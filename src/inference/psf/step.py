@@ -125,15 +125,14 @@ class PSFModel:
         closes the sweep before it; the chain's first P is drawn when it starts)."""
         return self.settings.every > 0 and done > 0 and done % self.settings.every == 0
 
-    def sample(self, psf: Tensor | None, chains: int, generator: torch.Generator | None, fresh: bool = False
-               ) -> Tensor:
+    def sample(self, psf: Tensor | None, chains: int, generator: torch.Generator | None) -> Tensor:
         """New P [B, G, n, n] for `chains` chains, from the current `psf` (re-noised to t_start) or, when `psf` is
-        None or `fresh`, from pure noise."""
+        None or t_start is 1, from pure noise."""
         s = self.settings.sde
         ref = self.operator.rows
         n_stars, size = self.operator.rows.shape[:2]
         rest = torch.zeros(chains * self.groups, n_stars, size, size, dtype=ref.dtype, device=ref.device)
-        start = None if (psf is None or fresh or s.t_start >= 1.0) else psf.flatten(0, 1)
+        start = None if (psf is None or s.t_start >= 1.0) else psf.flatten(0, 1)
         x = sample_component(self.prior, self.likelihood, self.operator.batched(chains), rest, self.flux, s,
                              x_start=start, t_start=1.0 if start is None else s.t_start, t_min=s.t_min,
                              generator=generator)
