@@ -45,7 +45,7 @@ def smoke_run(tmp_path_factory):
     lt = tiny_prior("lens_light", 48, tmp / "lens_light.pt")
     p = ROOT / "priors" / "demo" / "psf.pt"  # the PSF step samples each chain's PSFs from the mock's stars
     args = ["lens=mock", "experiment=infer_smoke", f"priors.source.path={s}", f"priors.lens_light.path={lt}",
-            f"priors.psf.path={p}", "lens.init_from=catalog", f"paths.data_dir={tmp / 'data'}",
+            f"priors.psf.path={p}", f"paths.data_dir={tmp / 'data'}",
             f"paths.log_dir={tmp / 'logs'}"]
     proc = run_infer(args, tmp)
     (out,) = (tmp / "logs" / "infer" / "mock").iterdir()
@@ -74,9 +74,21 @@ def test_writes_samples_summary_truth_and_figures(smoke_run):
     assert len(runs) == 1 and runs[0].stat().st_size > 0
     text = (out / "infer.log").read_text()
     assert "finetune sweep 2/2 (6/6)" in text and "stars chi2=" in text
-    # the chains start from the mock's simulated catalogue entry, recorded beside the truth
+    # the chains start where the start finder put them (the mock's default, init_from: auto)
+    assert "start finder: 4 starts on" in text and "mode 0: theta_E" in text and "chains per mode: mode 0" in text
+
+
+@pytest.mark.slow
+def test_catalog_start_is_the_mocks_simulated_catalogue_entry(smoke_run):
+    from scorelens.inference.run import initial_mass
+
+    out, _, tmp, _ = smoke_run
     catalog = json.loads((out / "truth.json").read_text())["catalog"]
-    assert f"start from the mock's catalogue entry: theta_E {catalog['theta_E']:.4f}" in text
+    cfg = {"lens": {"init_from": "catalog", "mock": {"out_dir": "mock"}},
+           "paths": {"data_dir": str(tmp / "data"), "root_dir": str(tmp)}}
+    init = initial_mass(cfg)
+    assert set(init) == set(PARAM_NAMES)
+    assert all(init[k] == pytest.approx(catalog[k]) for k in ("theta_E", "q", "phi"))
 
 
 @pytest.mark.slow
@@ -182,6 +194,9 @@ def test_initial_mass_is_the_config_or_a_mocks_catalogue_entry():
 
     init = {name: 0.0 for name in PARAM_NAMES}
     assert initial_mass({"lens": {"init": init}}) == init  # SLACS lenses: Bolton et al.'s values as written
+    assert initial_mass({"lens": {"init": init, "init_from": "init"}}) == init
+    with pytest.raises(InputError, match="lens.init_from=init starts from lens.init"):
+        initial_mass({"lens": {"init_from": "init"}})
     with pytest.raises(InputError, match="init_from"):
         initial_mass({"lens": {"init": init, "init_from": "bolton", "mock": {}}})
     with pytest.raises(InputError, match="init_from"):

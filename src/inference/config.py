@@ -65,8 +65,8 @@ class LensConfig:
     dec: float = MISSING
     z_lens: float | None = None
     z_source: float | None = None
-    init_from: str | None = None     # catalog (mocks): theta_E, q, phi from the mock's simulated catalogue entry
-    init: MassInit = field(default_factory=MassInit)
+    init_from: str | None = None     # auto: the start finder; init (or null): `init`; catalog: a mock's entry
+    init: MassInit | None = None     # required by init_from: init; a seed of the start finder with auto
     catalog: CatalogEntry | None = None
     rootnames: list[str] | None = None   # MAST rootnames of `exposures` (scorelens-data mast)
     exposures: Any = None            # a path or a list of paths
@@ -236,6 +236,7 @@ class InferConfig:
     observations: ObservationsConfig = field(default_factory=ObservationsConfig)
     stars: StarsConfig = field(default_factory=StarsConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    start: dict[str, Any] = MISSING  # conf/start: checked by scorelens.inference.start.StartSettings
 
 
 # ------------------------------------------------------------------------------------------------ checking
@@ -261,6 +262,7 @@ def validate_infer_config(cfg: DictConfig | Mapping) -> None:
         raise InputError(f"config value(s) {', '.join(missing)} not set (??? or absent); set them in the config "
                          "files or on the command line")
     _check_stars(node["stars"])
+    _check_start(node)
     if node.lens.get("mock") is not None:
         _check_mock(node.lens.mock)
     validate_sampler_config(node.get("sampler"))
@@ -302,6 +304,19 @@ def _check_stars(stars: DictConfig) -> None:
     # stars.epsf: min_stars for scorelens-data psfs build, the rest build_epsf's keywords
     allowed = {"min_stars"} | set(inspect.signature(build_epsf).parameters) - {"stamps"}
     _check_names("stars.epsf", stars.epsf, allowed)
+
+
+def _check_start(node: DictConfig) -> None:
+    from .start.finder import StartSettings
+
+    init_from = node.lens.get("init_from")
+    if init_from not in (None, "auto", "init", "catalog"):
+        raise InputError(f"lens.init_from={init_from!r}: write auto (search the data), init (lens.init as written) "
+                         "or catalog (a mock's simulated catalogue entry)")
+    if init_from in (None, "init") and node.lens.get("init") is None:
+        raise InputError(f"lens.init_from={init_from or 'null'} starts from lens.init, which this lens config does "
+                         "not give: write lens.init_from=auto or give every mass parameter under lens.init")
+    StartSettings.from_config(OmegaConf.to_container(node.start, resolve=True))
 
 
 def _check_mock(block: DictConfig) -> None:

@@ -75,17 +75,25 @@ class GibbsSampler:
         self.target_accept = target_accept
         self.precond = problem.space.precond(problem.psf)
 
-    def initial_state(self, init: Mapping[str, float], chains: int, seed: int) -> SamplerState:
-        """Chains at the initial mass model with zero shifts and empty images; generator seeded from `seed`; with
-        a PSF model, each chain's first P drawn from it."""
+    def initial_state(self, init: Mapping[str, float | Tensor], chains: int, seed: int, source: Tensor | None = None,
+                      lens_light: Tensor | None = None) -> SamplerState:
+        """Chains at the initial mass model (each parameter a number, or [B] one per chain) with zero shifts, and
+        the images `source` [B, n, n] and `lens_light` [B, m, m] (None: zeros); generator seeded from `seed`; with a
+        PSF model, each chain's first P drawn from it."""
         ref, model = self.p.psf, self.p.model
-        mass = {k: torch.full((chains,), float(v), dtype=ref.dtype, device=ref.device) for k, v in init.items()}
+        mass = {k: torch.as_tensor(v, dtype=ref.dtype, device=ref.device).expand(chains).clone()
+                for k, v in init.items()}
         shifts = torch.zeros(chains, model.n_exp, 2, dtype=ref.dtype, device=ref.device)
         v = self.p.space.wrap(self.p.space.vector(mass, shifts))
         gen = torch.Generator(device=ref.device).manual_seed(int(seed))
-        zeros = lambda n: torch.zeros(chains, n, n, dtype=ref.dtype, device=ref.device)  # noqa: E731
+
+        def image(given: Tensor | None, n: int) -> Tensor:
+            if given is None:
+                return torch.zeros(chains, n, n, dtype=ref.dtype, device=ref.device)
+            return given.to(ref).expand(chains, n, n).clone()
+
         psf = None if self.p.psf_model is None else self.p.psf_model.sample(None, chains, gen)
-        return SamplerState(v=v, source=zeros(model.source.n), lens_light=zeros(model.lens_light.n),
+        return SamplerState(v=v, source=image(source, model.source.n), lens_light=image(lens_light, model.lens_light.n),
                             mala=MALATuning.start(chains, self.mala_step, ref.dtype, ref.device),
                             rng=gen.get_state(), psf=psf)
 

@@ -70,8 +70,7 @@ def infer(cfg: DictConfig, out_dir: str | Path, root: str | Path) -> dict:
             raise InputError(f"{state_path} was written with other sampling settings; use a new run folder")
         log.info("resuming %s at stage %d, sweep %d", state_path, state.stage, state.sweep)
     else:
-        init = initial_mass(container)
-        state = sampler.initial_state(init, int(cfg.sampler.chains), int(cfg.seed))
+        state = initial_state(sampler, problem, geometry, container)
         state.config_hash = digest
 
     total = sum(s.sweeps for s in stages)
@@ -172,16 +171,38 @@ def mean_components(sampler: GibbsSampler, v: torch.Tensor, source, lens_light, 
     return {k: t / v.shape[0] for k, t in total.items()}
 
 
+INIT_FROM = ("auto", "init", "catalog")
+
+
+def initial_state(sampler: GibbsSampler, problem, geometry, cfg: dict) -> SamplerState:
+    """The chains' first state, by `lens.init_from`: `auto`, the start finder's modes (`start/`), the lens's
+    `init` being one more seed; `init` (or null), the lens config's `init` as written; `catalog`, a mock's
+    simulated catalogue entry."""
+    chains, seed = int(cfg["sampler"]["chains"]), int(cfg["seed"])
+    if cfg["lens"].get("init_from") == "auto":
+        from .start import find_start
+
+        start = find_start(problem, geometry, cfg, chains, seed)
+        return sampler.initial_state(start.mass, chains, seed, start.source, start.lens_light)
+    return sampler.initial_state(initial_mass(cfg), chains, seed)
+
+
 def initial_mass(cfg: dict) -> dict:
     """The chains' starting mass: the lens config's `init`, with theta_E, q and phi from a mock's simulated
     catalogue entry when the config says `init_from: catalog` (the mock's stand-in for a published SIE model)."""
     lens = cfg["lens"]
-    init = {k: float(v) for k, v in lens["init"].items()}
     source = lens.get("init_from")
-    if source is None:
+    if source not in (None, *INIT_FROM) or (source == "catalog" and "mock" not in lens):
+        raise InputError(f"lens.init_from={source!r}: write auto (search the data), init (lens.init as written) or "
+                         "catalog (a mock's simulated catalogue entry)")
+    if source != "catalog" and not lens.get("init"):
+        raise InputError(f"lens.init_from={source or 'null'} starts from lens.init, which this lens config does "
+                         "not give: write lens.init_from=auto or give every mass parameter under lens.init")
+    defaults = {"gamma": 1.0, "x0": 0.0, "y0": 0.0, "gamma_ext": 0.0, "phi_ext": 0.0, "a3": 0.0, "phi3": 0.0,
+                "a4": 0.0, "phi4": 0.0}
+    init = {k: float(v) for k, v in (lens.get("init") or defaults).items()}
+    if source in (None, "init"):
         return init
-    if source != "catalog" or "mock" not in lens:
-        raise InputError(f"lens.init_from={source!r}: only `catalog` (for mock lenses) or null is known")
     catalog = _mock_truth(cfg).get("catalog")
     if catalog is None:
         raise InputError("this mock's truth.json has no catalogue entry (made by an older version): delete its "
