@@ -1,7 +1,6 @@
 """R-hat, bulk ESS and quantiles against answers known without them: iid and AR(1) chains, shifted, rescaled or
 stuck chains, and the undefined cases."""
 
-import logging
 import warnings
 
 import numpy as np
@@ -97,7 +96,7 @@ def test_pooled_quantiles_are_those_of_the_distribution():
     np.testing.assert_allclose(quantiles(x, probs), norm.ppf(probs, 2.0, 0.5), atol=0.02)
 
 
-def test_matches_arviz_where_both_are_defined(caplog):
+def test_matches_arviz_where_both_are_defined():
     """ArviZ implements the same paper; R-hat agrees to rounding, bulk ESS to within the small-sample details of
     the autocorrelation estimator (here well under 1%)."""
     with warnings.catch_warnings():
@@ -106,7 +105,6 @@ def test_matches_arviz_where_both_are_defined(caplog):
     rng = np.random.default_rng(11)
     cases = [rng.normal(size=(4, 500)), ar1(rng, 4, 1000, 0.8), ar1(rng, 3, 801, 0.5),
              rng.normal(size=(4, 400)) + np.array([0.0, 0.0, 0.3, 0.6])[:, None], rng.standard_cauchy((4, 600))]
-    with caplog.at_level(logging.ERROR):
-        for x in cases:
-            assert rhat(x) == pytest.approx(float(az.rhat(x, method="rank")), rel=1e-9)
-            assert ess_bulk(x) == pytest.approx(float(az.ess(x, method="bulk")), rel=0.01)
+    for x in cases:
+        assert rhat(x) == pytest.approx(float(az.rhat(x, method="rank")), rel=1e-9)
+        assert ess_bulk(x) == pytest.approx(float(az.ess(x, method="bulk")), rel=0.01)
