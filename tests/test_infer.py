@@ -63,9 +63,16 @@ def test_writes_samples_summary_truth_and_figures(smoke_run):
         # the sampled PSFs: the model's kernels and P on the prior's grid, per sample and exposure
         assert f["psf"].shape == (4, 4, 15, 15) and f["psf_upsampled"].shape == (4, 4, 32, 32)
         assert np.isfinite(f["psf"][:]).all() and np.isfinite(f["psf_upsampled"][:]).all()
+        # 2 chains x 2 recorded sweeps, chain fastest
+        assert (f.attrs["chains"], f.attrs["draws"]) == (2, 2)
+        assert f["chain"][:].tolist() == [0, 1, 0, 1] and f["draw"][:].tolist() == [0, 0, 1, 1]
     with (out / "summary.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["parameter"] for r in rows] == list(PARAM_NAMES)
+    assert list(rows[0]) == ["parameter", "median", "p16", "p84", "p2.5", "p97.5", "p0.5", "p99.5", "rhat",
+                             "ess_bulk"]
+    # two draws a chain are too few for R-hat and ESS: NaN, and the log says why, once
+    assert all(r["rhat"] == "nan" and r["ess_bulk"] == "nan" for r in rows)
     assert set(json.loads((out / "truth.json").read_text())["mass"]) == set(PARAM_NAMES)
     for name in ("exposures", "source", "corner", "images"):
         assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}.pdf").stat().st_size > 0
@@ -74,6 +81,8 @@ def test_writes_samples_summary_truth_and_figures(smoke_run):
     assert len(runs) == 1 and runs[0].stat().st_size > 0
     text = (out / "infer.log").read_text()
     assert "finetune sweep 2/2 (6/6)" in text and "stars chi2=" in text
+    assert text.count("R-hat and ESS need at least 4 recorded sweeps per chain, got 2") == 1
+    assert "R-hat/bulk ESS over 2 chains x 2 recorded sweeps" in text
     # the chains start where the start finder put them (the mock's default, init_from: auto)
     assert "start finder: 4 starts on" in text and "mode 0: theta_E" in text and "chains per mode: mode 0" in text
 

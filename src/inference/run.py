@@ -22,7 +22,7 @@ from ..errors import InputError
 from .config import validate_infer_config
 from .figures import make_figures
 from .gibbs import GibbsSampler
-from .results import write_samples, write_summary
+from .results import by_chain, diagnostic_warnings, write_samples, write_summary
 from .setup import build_problem
 from .stages import stages_from_config
 from .state import Record, SamplerState
@@ -111,14 +111,16 @@ def write_outputs(sampler: GibbsSampler, state: SamplerState, data, geometry, ou
     v = torch.cat([r.v for r in records]).cpu()
     names = sampler.p.space.names
     params = {n: v[:, i].numpy() for i, n in enumerate(names)}
+    chains = {n: by_chain(x, records[0].v.shape[0]) for n, x in params.items()}  # [chains, recorded sweeps]
     images = {k: torch.cat([getattr(r, k) for r in records]).cpu().numpy() for k in ("source", "lens_light")}
     images.update(psf_samples(sampler, records))
     kernels = images["psf"] if images["psf"].ndim == 4 else None
-    write_samples(out / "samples.h5", params, images,
+    write_samples(out / "samples.h5", chains, images,
                   attrs={"units": f"{data.exposures[0].unit or 'data units'} per detector pixel",
                          "source_pixel_scale": geometry.source.pixel_scale,
                          "lens_light_pixel_scale": geometry.lens_light.pixel_scale, "lens": str(data.name)})
-    write_summary(out / "summary.csv", params)
+    rows = write_summary(out / "summary.csv", chains)
+    warnings = log_diagnostics(rows, chains)
     # the posterior-mean model (the mean of the samples' model images, not the model of the mean sample: chains
     # in different modes would blur into a model none of them is) and its reduced chi^2 per exposure
     parts = mean_components(sampler, v, images["source"], images["lens_light"], kernels)
@@ -129,12 +131,25 @@ def write_outputs(sampler: GibbsSampler, state: SamplerState, data, geometry, ou
         for e, c in zip(data.exposures, chi2, strict=True):
             f.write(f"{e.name},{c:.4f}\n")
     summary = {"reduced_chi2": chi2.tolist(), "n_samples": int(v.shape[0]),
-               "theta_E_median": float(np.median(params["theta_E"]))}
+               "theta_E_median": float(np.median(params["theta_E"])), "warnings": warnings}
     truth = write_truth(cfg, out)
     make_figures(sampler, parts, params, images, data, geometry, out, cfg, truth)
     log.info("wrote %s: %d samples, reduced chi2 per exposure %s, theta_E median %.4f", out, v.shape[0],
              np.round(chi2, 3).tolist(), summary["theta_E_median"])
     return summary
+
+
+def log_diagnostics(rows: list[dict], chains: dict) -> list[str]:
+    """Log each mass parameter's R-hat and bulk ESS (summary.csv's `rows`) in one line and each of
+    `results.diagnostic_warnings` of the samples `chains` {name: [chains, draws]} as a warning; returns those."""
+    n_chains, draws = next(iter(chains.values())).shape
+    cells = [f"{r['parameter']} fixed" if np.isnan(r["rhat"]) and np.ptp(chains[r["parameter"]]) == 0
+             else f"{r['parameter']} {r['rhat']:.3f}/{r['ess_bulk']:.0f}" for r in rows]
+    log.info("R-hat/bulk ESS over %d chains x %d recorded sweeps: %s", n_chains, draws, ", ".join(cells))
+    warnings = diagnostic_warnings(chains, rows)
+    for w in warnings:
+        log.warning("%s", w)
+    return warnings
 
 
 @torch.no_grad()
