@@ -45,7 +45,7 @@ def smoke_run(tmp_path_factory):
     lt = tiny_prior("lens_light", 48, tmp / "lens_light.pt")
     p = ROOT / "priors" / "demo" / "psf.pt"  # the PSF step samples each chain's PSFs from the mock's stars
     args = ["lens=mock", "experiment=infer_smoke", f"priors.source.path={s}", f"priors.lens_light.path={lt}",
-            f"priors.psf.path={p}", f"paths.data_dir={tmp / 'data'}",
+            f"priors.psf.path={p}", "lens.init_from=auto", f"paths.data_dir={tmp / 'data'}",
             f"paths.log_dir={tmp / 'logs'}"]
     proc = run_infer(args, tmp)
     (out,) = (tmp / "logs" / "infer" / "mock").iterdir()
@@ -83,7 +83,7 @@ def test_writes_samples_summary_truth_and_figures(smoke_run):
     assert "finetune sweep 2/2 (6/6)" in text and "stars chi2=" in text
     assert text.count("R-hat and ESS need at least 4 recorded sweeps per chain, got 2") == 1
     assert "R-hat/bulk ESS over 2 chains x 2 recorded sweeps" in text
-    # the chains start where the start finder put them (the mock's default, init_from: auto)
+    # the chains start where the start finder put them (init_from: auto)
     assert "start finder: 4 starts on" in text and "mode 0: theta_E" in text and "chains per mode: mode 0" in text
 
 

@@ -35,6 +35,12 @@ class CoarseData:
     def n(self) -> int:
         return self.data.shape[0]
 
+    def outside(self, x0: float, y0: float, radius: float) -> CoarseData:
+        """The pixels farther than `radius` arcsec from (x0, y0)."""
+        keep = (self.x - x0) ** 2 + (self.y - y0) ** 2 > radius**2
+        return CoarseData(self.x[keep], self.y[keep], self.data[keep], self.weight[keep], self.psf_sd, self.pixel,
+                          self.footprint)
+
 
 def psf_sd(psf: Tensor, spacing: float) -> float:
     """sd (arcsec) of the Gaussian with the core width (FWHM) of the kernels psf [n_exp, K, K] sampled every
