@@ -207,6 +207,22 @@ def test_sde_ends_at_the_data_noise_and_mala_steps_follow_the_temperature(monkey
     assert state.mala.temperature == 4.0 and int(state.mala.proposed.sum()) == 2 * 2
 
 
+def test_each_stage_adapts_from_a_restarted_counter():
+    """MALA's Robbins-Monro counter restarts at each stage's first sweep (step sizes carry over): after stage b's
+    sweeps it counts b's adapted steps only, not a's as well."""
+    sampler, init = build()
+    stages = stages_from_config({
+        "sde": dict(steps=5, corrector_steps=0, t_start=0.3, sigma_end=None),
+        "stages": {"a": dict(sweeps=2, temperature=[4, 2], mala_steps=3, burn_in=2),
+                   "b": dict(sweeps=3, temperature=1, mala_steps=2, burn_in=1, record=1)},
+    })
+    seen = []
+    sampler.run(sampler.initial_state(init, 2, seed=0), stages,
+                save=lambda s: seen.append((s.stage, s.sweep, s.mala.n_adapt)))
+    # saved after every sweep (stage, next sweep) and when a stage ends (next stage, sweep 0)
+    assert seen == [(0, 1, 3), (0, 2, 6), (1, 0, 6), (1, 1, 2), (1, 2, 2), (1, 3, 2), (2, 0, 2)]
+
+
 def test_mass_block_under_a_flat_likelihood_samples_the_pair_priors():
     """The shipped mass block (the model, the sampled coordinates, MALA) with a negligible likelihood (T = 1e12):
     the shear's and the m = 3 multipole's reported amplitudes and angles follow their priors, from a start at

@@ -14,9 +14,12 @@ One sweep at temperature T (likelihood variance inflated T times), `GibbsSampler
    fixed.
 
 Each block gets what it conditions on as arguments: the current state, and the forward model's PSF kernels,
-computed once per sweep from P. The stages and their schedules are in `stages.py`; the state, random generator
-included, in `state.py`, written after every sweep by the caller: a run killed and resumed continues exactly where
-it was.
+computed once per sweep from P. MALA's step sizes carry over from sweep to sweep and from stage to stage (rescaled
+to each sweep's temperature), while its Robbins-Monro adaptation restarts at each stage's first sweep, so that
+every stage's burn-in adapts from scratch.
+
+The stages and their schedules are in `stages.py`; the state, random generator included, in `state.py`, written
+after every sweep by the caller: a run killed and resumed continues exactly where it was.
 """
 
 from __future__ import annotations
@@ -169,6 +172,8 @@ class GibbsSampler:
         gen = state.generator()
         temperature, t_start = stage.temperature_at(k), stage.t_start_at(k)
         kernels = self.kernels(state.psf)
+        if k == 0:
+            state.mala = stage_tuning(state.mala)
         before = state.mala
         state.source = self.image_block("source", state, kernels, stage.sde, temperature, t_start, gen)
         state.u, state.mala = self.mass_block(state, kernels, stage, temperature, stage.adapts(k), gen)
@@ -217,3 +222,11 @@ class GibbsSampler:
             if save is not None:
                 save(state)
         return state
+
+
+def stage_tuning(tuning: MALATuning) -> MALATuning:
+    """MALA's tuning at a stage's first sweep: the step sizes the previous stage ended with (the starting point;
+    the mass block rescales them to the sweep's temperature) and the counters, with the Robbins-Monro adaptation
+    restarted, so that the stage's burn-in adapts with the recursion's full gain rather than with the small one the
+    earlier stages' steps left (k^-0.6 after hundreds of steps)."""
+    return tuning.restart()

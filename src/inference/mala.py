@@ -11,7 +11,8 @@ period from x, which breaks detailed balance); sample such quantities through un
 (`parameters.py` samples angles through Cartesian pairs) or fold them only when reporting. Proposals whose log
 density or gradient is not finite (outside the prior's support, a NaN from the model) are rejected and counted.
 During burn-in the step size of each chain follows a Robbins-Monro recursion toward the target acceptance rate
-(0.574 is optimal for MALA in high dimension, Roberts & Rosenthal 1998).
+(0.574 is optimal for MALA in high dimension, Roberts & Rosenthal 1998): the k-th adapted step multiplies h by
+exp(adapt_rate k^-0.6 (alpha - target)), k counted from the last restart (each Gibbs stage restarts it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ LogProbFn = Callable[[Tensor], tuple[Tensor, Tensor]]
 @dataclass
 class MALAState:
     """x: [B, D] positions; log_prob: [B]; grad: [B, D]; step: [B] step sizes; accepted, proposed, nonfinite: [B]
-    counters (int64); n_adapt: adaptation steps taken so far."""
+    counters (int64); n_adapt: adaptation steps taken since the last restart (`MALATuning.restart`)."""
 
     x: Tensor
     log_prob: Tensor
@@ -58,8 +59,8 @@ class MALATuning:
     density and gradient do not: the target changes with the images between sweeps).
 
     step: [B] step sizes, in units of the preconditioner's scales; accepted, proposed, nonfinite: [B] counts
-    (int64); n_adapt: adaptation steps taken so far; temperature: the likelihood temperature the step sizes were
-    last used at (None before the first sweep).
+    (int64); n_adapt: adaptation steps taken since the last restart (the current stage's start); temperature: the
+    likelihood temperature the step sizes were last used at (None before the first sweep).
     """
 
     step: Tensor
@@ -74,6 +75,12 @@ class MALATuning:
         """`chains` chains with step size `step`, nothing proposed yet."""
         zeros = lambda: torch.zeros(chains, dtype=torch.long, device=device)  # noqa: E731
         return cls(torch.full((chains,), step, dtype=dtype, device=device), zeros(), zeros(), zeros())
+
+    def restart(self) -> MALATuning:
+        """The same step sizes and counters with the adaptation counter at zero: the next adapted step takes the
+        Robbins-Monro recursion's first, largest gain, as at the start of a run (a Gibbs stage's burn-in adapts
+        from scratch, starting from the step sizes the previous stage ended with)."""
+        return replace(self, n_adapt=0)
 
     def at_temperature(self, temperature: float) -> MALATuning:
         """The step sizes carried to `temperature`: where the likelihood dominates, the conditional's width scales
