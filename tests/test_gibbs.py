@@ -242,7 +242,7 @@ def test_mass_block_under_a_flat_likelihood_samples_the_pair_priors():
     state.source = torch.rand(300, 4, 4, dtype=F64)
     kernels, gen = sampler.kernels(None), state.generator()
     names = sampler.p.space.names
-    for adapt, sweeps, steps in ((True, 8, 25), (False, 40, 5)):
+    for adapt, sweeps, steps in ((True, 6, 25), (False, 30, 5)):
         total = 0.0
         for _ in range(sweeps):
             state.u, state.mala = sampler.mass_block(state, kernels, Stage(name="flat", sweeps=1, mala_steps=steps),
@@ -252,7 +252,7 @@ def test_mass_block_under_a_flat_likelihood_samples_the_pair_priors():
             total = total + torch.stack([p["gamma_ext"] ** 2, (p["gamma_ext"] < 0.05).to(F64), p["phi_ext"],
                                          torch.cos(2 * p["phi_ext"]), p["a3"] ** 2, p["phi3"],
                                          torch.sin(3 * p["phi3"])], -1)
-    averages = total / 40
+    averages = total / 30
     truth = torch.tensor([0.1**2 / 2, 0.25, math.pi / 2, 0.0, 2 * 0.01**2, math.pi / 3, 0.0], dtype=F64)
     z = (averages.mean(0) - truth) / (averages.std(0) / math.sqrt(averages.shape[0]))
     assert (z.abs() < 4).all(), z

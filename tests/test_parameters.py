@@ -185,7 +185,7 @@ def test_mala_under_a_flat_likelihood_recovers_each_prior():
 
     kernel = MALA(log_prob, s.precond(u0))
     g = torch.Generator().manual_seed(5)
-    state = kernel.run(kernel.init(s.free_part(u0), 0.5), 400, g, adapt=True)
+    state = kernel.run(kernel.init(s.free_part(u0), 0.5), 300, g, adapt=True)
     state = kernel.run(state, 100, g)
     names = s.names
 
@@ -204,10 +204,10 @@ def test_mala_under_a_flat_likelihood_recovers_each_prior():
         return torch.stack(out, dim=-1)
 
     total = 0.0
-    for _ in range(600):
+    for _ in range(400):
         state = kernel.step(state, g)
         total = total + stats(state.x)
-    averages = total / 600
+    averages = total / 400
 
     def inside(sd, r_max, r):  # P(|c| < r) for the truncated 2-D Gaussian
         return -math.expm1(-r**2 / (2 * sd**2)) / -math.expm1(-r_max**2 / (2 * sd**2))
