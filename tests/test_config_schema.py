@@ -146,7 +146,16 @@ def test_values_the_code_accepts_still_validate():
     (["++sampler.sde.stepz=3"], "stepz"),
     (["++sampler.psf.sde.t_start=1.5"], "t_start"),
     (["+sampler.mala.step=0.1"], "sampler.mala.step"),
-    (["sampler.parameters.q.uniform=[1.0,0.2]"], "parameter q"),
+    (["sampler.parameters.theta_E.uniform=[4.0,0.2]"], "sampler.parameters.theta_E.uniform: needs low < high"),
+    # the pairs' entries: an unknown pair, a missing scale, a negative sd, the polar entries of earlier configs
+    (["+sampler.parameters.multipole5={normal: 0.01, scale: 0.002}"], "sampler.parameters.multipole5: unknown entry"),
+    (["~sampler.parameters.shear.scale"], "sampler.parameters.shear: `scale`"),
+    (["sampler.parameters.ellipticity.normal=-0.2"], "sampler.parameters.ellipticity.normal: must be > 0"),
+    (["+sampler.parameters.q={uniform: [0.2, 1.0], scale: 0.005}"],
+     "sampler.parameters.q: q and phi are sampled as the Cartesian pair (e1, e2); replace their entries by one "
+     "`ellipticity: {normal: 0.2, max: 0.667, scale: 0.003}`"),
+    (["+sampler.parameters.phi3={periodic: 2.0943951023931953, scale: 0.1}"],
+     "sampler.parameters.phi3: a3 and phi3 are sampled"),
 ])
 def test_the_sampler_node_is_checked_by_its_readers(overrides, key):
     with pytest.raises(InputError) as err:

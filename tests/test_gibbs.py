@@ -20,15 +20,12 @@ from scorelens.lensing.grid import ExposureGrid, PixelGrid
 from scorelens.priors.sde import VESDE
 
 F64 = torch.float64
-P = math.pi
 TRUTH = dict(theta_E=0.8, gamma=1.0, q=0.8, phi=0.5, x0=0.0, y0=0.0, gamma_ext=0.02, phi_ext=0.3,
              a3=0.0, phi3=0.0, a4=0.0, phi4=0.0)
 PARAMS = dict(theta_E=dict(uniform=[0.3, 2], scale=0.005), gamma=dict(normal=[1, 0.2], scale=0.01),
-              q=dict(uniform=[0.2, 1], scale=0.01), phi=dict(periodic=P, scale=0.02),
               x0=dict(uniform=[-0.5, 0.5], scale=0.003), y0=dict(uniform=[-0.5, 0.5], scale=0.003),
-              gamma_ext=dict(uniform=[0, 0.3], scale=0.005), phi_ext=dict(periodic=P, scale=0.05),
-              a3=dict(normal=[0, 0.01], scale=0.003), phi3=dict(periodic=2 * P / 3, scale=0.1),
-              a4=dict(normal=[0, 0.01], scale=0.003), phi4=dict(periodic=P / 2, scale=0.1))
+              ellipticity=dict(normal=0.2, max=0.667, scale=0.006), shear=dict(normal=0.05, max=0.3, scale=0.005),
+              multipole3=dict(normal=0.01, scale=0.003), multipole4=dict(normal=0.01, scale=0.003))
 SAMPLER = {  # the `sampler` config's SDE defaults and stages, as conf/sampler/ writes them
     "sde": dict(corrector_steps=1, covariance="rowsum", t_start=0.3, sigma_end=None),
     "stages": dict(
@@ -40,7 +37,7 @@ SAMPLER = {  # the `sampler` config's SDE defaults and stages, as conf/sampler/ 
 STAGES = SAMPLER["stages"]
 
 
-def build():
+def build(params=PARAMS):
     grid = ExposureGrid.regular((24, 24), 0.1, 1, n_exp=2, offsets=torch.tensor([[0.0, 0.0], [0.05, 0.03]]),
                                 dtype=F64)
     fm = ForwardModel(grid, PixelGrid(16, 0.06), PixelGrid(24, 0.1))
@@ -56,7 +53,7 @@ def build():
     like = GaussianLikelihood(data, torch.full_like(img, 0.01), torch.ones_like(data, dtype=torch.bool))
     sde = VESDE(1e-3, 30.0)
     prior = SimpleNamespace(sde=sde, score=lambda x, t: -x / (1.0 + sde.sigma(t)[:, None, None, None] ** 2))
-    space = ParameterSpace(PARAMS, 2, 0.2, 0.002)
+    space = ParameterSpace(params, 2, 0.2, 0.002)
     problem = Problem(fm, like, space, {"source": prior, "lens_light": None}, {"source": FluxMap(5.0)}, psf)
     init = dict(TRUTH, theta_E=0.75, q=0.7, gamma_ext=0.0)
     return GibbsSampler(problem), init
@@ -87,7 +84,7 @@ def test_stages_run_in_order_with_their_schedules(finished):
 
 def test_recovers_the_einstein_radius(finished):
     sampler, state, seen = finished
-    v = torch.cat([r.v for r in state.records])
+    v = torch.cat([r.v for r in state.records])  # records hold the physical parameters
     mass, _ = sampler.p.space.split(v)
     assert abs(mass["theta_E"].median().item() - TRUTH["theta_E"]) < 0.02 * TRUTH["theta_E"]
     assert seen[-1][2]["chi2"][0] < seen[0][2]["chi2"][0]
@@ -115,7 +112,7 @@ def test_resumed_run_equals_uninterrupted(finished):
     state = SamplerState.from_state_dict(torch.load(io.BytesIO(saved["bytes"]), weights_only=True))
     sampler, _ = build()
     state = sampler.run(state, stages)
-    torch.testing.assert_close(state.v, reference.v, rtol=0, atol=0)
+    torch.testing.assert_close(state.u, reference.u, rtol=0, atol=0)
     torch.testing.assert_close(state.source, reference.source, rtol=0, atol=0)
     assert len(state.records) == len(reference.records)
     for r, q in zip(state.records, reference.records, strict=True):
@@ -203,11 +200,63 @@ def test_sde_ends_at_the_data_noise_and_mala_steps_follow_the_temperature(monkey
 
     gen = state.generator()
     stage = Stage(name="x", sweeps=1, mala_steps=1)
-    state.v, state.mala = sampler.mass_block(state, kernels, stage, 16.0, adapt=False, gen=gen)
+    state.u, state.mala = sampler.mass_block(state, kernels, stage, 16.0, adapt=False, gen=gen)
     step = state.mala.step.clone()
-    state.v, state.mala = sampler.mass_block(state, kernels, stage, 4.0, adapt=False, gen=gen)
+    state.u, state.mala = sampler.mass_block(state, kernels, stage, 4.0, adapt=False, gen=gen)
     torch.testing.assert_close(state.mala.step, step * 0.5)
     assert state.mala.temperature == 4.0 and int(state.mala.proposed.sum()) == 2 * 2
+
+
+def test_each_stage_adapts_from_a_restarted_counter():
+    """MALA's Robbins-Monro counter restarts at each stage's first sweep (step sizes carry over): after stage b's
+    sweeps it counts b's adapted steps only, not a's as well."""
+    sampler, init = build()
+    stages = stages_from_config({
+        "sde": dict(steps=5, corrector_steps=0, t_start=0.3, sigma_end=None),
+        "stages": {"a": dict(sweeps=2, temperature=[4, 2], mala_steps=3, burn_in=2),
+                   "b": dict(sweeps=3, temperature=1, mala_steps=2, burn_in=1, record=1)},
+    })
+    seen = []
+    sampler.run(sampler.initial_state(init, 2, seed=0), stages,
+                save=lambda s: seen.append((s.stage, s.sweep, s.mala.n_adapt)))
+    # saved after every sweep (stage, next sweep) and when a stage ends (next stage, sweep 0)
+    assert seen == [(0, 1, 3), (0, 2, 6), (1, 0, 6), (1, 1, 2), (1, 2, 2), (1, 3, 2), (2, 0, 2)]
+
+
+def test_mass_block_under_a_flat_likelihood_samples_the_pair_priors():
+    """The shipped mass block (the model, the sampled coordinates, MALA) with a negligible likelihood (T = 1e12):
+    the shear's and the m = 3 multipole's reported amplitudes and angles follow their priors, from a start at
+    gamma_ext = a3 = 0 (the polar singularity, as SLACS starts). E[gamma1^2 + gamma2^2] = r^2 / 2 and P(|gamma| <
+    r/2) = 1/4 for the disk of radius r; E[|a|^2] = 2 sd^2 for the Gaussian; each angle uniform over its period;
+    all within 4 Monte Carlo standard errors over 300 chains. (A 4 x 4 image keeps the model cheap: only the
+    prior matters here.)"""
+    params = {k: dict(v, fixed=True) for k, v in PARAMS.items()}
+    params.update(shear=dict(disk=0.1, scale=0.04), multipole3=dict(normal=0.01, scale=0.008))
+    fm = ForwardModel(ExposureGrid.regular((4, 4), 0.2, 1, dtype=F64), PixelGrid(4, 0.2), PixelGrid(4, 0.2))
+    psf = torch.full((1, 3, 3), 1 / 9, dtype=F64)
+    like = GaussianLikelihood(torch.ones(1, 4, 4, dtype=F64), torch.ones(1, 4, 4, dtype=F64),
+                              torch.ones(1, 4, 4, dtype=torch.bool))
+    space = ParameterSpace(params, 1, 0.2, 0.002)
+    sampler = GibbsSampler(Problem(fm, like, space, {"source": None, "lens_light": None}, {}, psf))
+    state = sampler.initial_state(dict(TRUTH, gamma_ext=0.0, a3=0.0), 300, seed=0)
+    state.source = torch.rand(300, 4, 4, dtype=F64)
+    kernels, gen = sampler.kernels(None), state.generator()
+    names = sampler.p.space.names
+    for adapt, sweeps, steps in ((True, 6, 25), (False, 30, 5)):
+        total = 0.0
+        for _ in range(sweeps):
+            state.u, state.mala = sampler.mass_block(state, kernels, Stage(name="flat", sweeps=1, mala_steps=steps),
+                                                     1e12, adapt=adapt, gen=gen)
+            v = sampler.p.space.to_physical(state.u)
+            p = {n: v[:, i] for i, n in enumerate(names)}
+            total = total + torch.stack([p["gamma_ext"] ** 2, (p["gamma_ext"] < 0.05).to(F64), p["phi_ext"],
+                                         torch.cos(2 * p["phi_ext"]), p["a3"] ** 2, p["phi3"],
+                                         torch.sin(3 * p["phi3"])], -1)
+    averages = total / 30
+    truth = torch.tensor([0.1**2 / 2, 0.25, math.pi / 2, 0.0, 2 * 0.01**2, math.pi / 3, 0.0], dtype=F64)
+    z = (averages.mean(0) - truth) / (averages.std(0) / math.sqrt(averages.shape[0]))
+    assert (z.abs() < 4).all(), z
+    assert 0.3 < float(state.mala.accepted.sum() / state.mala.proposed.sum()) < 0.9
 
 
 def test_state_checkpoint_round_trip(tmp_path):
@@ -224,7 +273,7 @@ def test_state_checkpoint_round_trip(tmp_path):
     raw = torch.load(path, weights_only=True)
     assert raw["stage"] == 1 and raw["mala"]["temperature"] == 2.0 and "psf" not in raw
     back = SamplerState.load(path)
-    for name in ("v", "source", "lens_light", "rng"):
+    for name in ("u", "source", "lens_light", "rng"):
         assert torch.equal(getattr(back, name), getattr(state, name)), name
     for name in ("step", "accepted", "proposed", "nonfinite"):
         assert torch.equal(getattr(back.mala, name), getattr(state.mala, name)), name
@@ -234,9 +283,17 @@ def test_state_checkpoint_round_trip(tmp_path):
     assert torch.equal(back.records[0].source, state.records[0].source) and back.records[0].psf is None
     # the generator continues where it was
     assert torch.equal(torch.rand(3, generator=back.generator()), torch.rand(3, generator=state.generator()))
-    torch.save({"v": state.v}, tmp_path / "other.pt")
+    torch.save({"v": state.u}, tmp_path / "other.pt")
     with pytest.raises(InputError, match="not a sampler state"):
         SamplerState.load(tmp_path / "other.pt")
+    # a state of the previous version (physical parameters under "v", no version) is refused in one line
+    old = state.state_dict()
+    old["v"] = old.pop("u")
+    del old["version"]
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(InputError, match="not a sampler state of this version") as err:
+        SamplerState.load(tmp_path / "old.pt")
+    assert "\n" not in str(err.value)
 
 
 def test_posterior_mean_model_is_the_mean_of_the_samples_models():
@@ -247,7 +304,8 @@ def test_posterior_mean_model_is_the_mean_of_the_samples_models():
     sampler, init = build()
     state = sampler.initial_state(init, 5, seed=1)
     g = torch.Generator().manual_seed(0)
-    v = state.v + 0.01 * torch.randn(state.v.shape, generator=g, dtype=F64)
+    v = sampler.p.space.to_physical(state.u)
+    v = v + 0.01 * torch.randn(v.shape, generator=g, dtype=F64)
     source = torch.rand(5, 16, 16, generator=g, dtype=F64)
     light = torch.rand(5, 24, 24, generator=g, dtype=F64)
     parts = mean_components(sampler, v, source, light, batch=2)
@@ -302,7 +360,7 @@ def test_psf_step_draws_each_chains_psfs_at_start_and_every_nth_sweep():
     assert torch.equal(seen[1], seen[0]) and torch.equal(seen[2], used[2]) and torch.equal(seen[3], used[2])
     k = sampler.kernels(state.psf)
     assert k.shape == (3, 2, 5, 5) and torch.allclose(k[:, 1], state.psf[:, 0, 2:7, 2:7])
-    mass, shifts = p.space.split(state.v)
+    mass, shifts = p.space.unpack(state.u)
     assert torch.allclose(sampler.model_images(state), p.model(mass, shifts, state.source, state.lens_light, k))
     assert all(r.psf is not None for r in state.records)
     # the draws fit the star to its noise (one star at one sub-pixel position leaves P itself partly free, so the

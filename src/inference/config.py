@@ -206,8 +206,9 @@ class MALAConfig:
 
 @dataclass
 class SamplerConfig:
-    """conf/sampler. `parameters` is checked by `ParameterSpace`; `sde`, `psf` and `stages` by the sampler's own
-    readers (`validate_sampler_config`)."""
+    """conf/sampler. `parameters` (scalars theta_E, gamma, x0, y0 and the Cartesian pairs ellipticity, shear,
+    multipole3, multipole4) is checked by `ParameterSpace`; `sde`, `psf` and `stages` by the sampler's own readers
+    (`validate_sampler_config`)."""
 
     chains: int = MISSING
     device: str = MISSING
@@ -271,7 +272,7 @@ def validate_infer_config(cfg: DictConfig | Mapping) -> None:
 def validate_sampler_config(sampler: DictConfig) -> None:
     """The sampler's own checks: its stages, the SDE settings they and the PSF draws share, and the parameters'
     priors, each by the code that reads them (one-line InputError naming the key)."""
-    from .parameters import ParameterSpace
+    from .parameters import ParameterError, ParameterSpace
     from .psf.step import PSFStep
     from .stages import stages_from_config
 
@@ -280,8 +281,9 @@ def validate_sampler_config(sampler: DictConfig) -> None:
     PSFStep.from_config(plain.get("psf"), plain.get("sde"))
     try:
         ParameterSpace(plain["parameters"], 1, shift_max=1.0, shift_scale=1.0)
-    except ValueError as err:
-        raise InputError(f"sampler.parameters: {err}") from None
+    except ParameterError as err:
+        where = "sampler.parameters" + (f".{err.key}" if err.key else "")
+        raise InputError(f"{where}: {err.reason}") from None
 
 
 def _missing(node: DictConfig, prefix: str = "") -> list[str]:

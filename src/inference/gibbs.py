@@ -4,7 +4,8 @@ One sweep at temperature T (likelihood variance inflated T times), `GibbsSampler
 
 1. source block, S | M, L, P: the reverse posterior SDE (`posterior_sde.py`) from t_start, re-noising the current
    S (t_start < 1, a cheap partial chain) or from pure noise (t_start = 1);
-2. mass block, (mass, shifts) | S, L, P: MALA steps on the exact (tempered) likelihood times the parameter prior;
+2. mass block, (mass, shifts) | S, L, P: MALA steps on the exact (tempered) likelihood times the parameter prior,
+   in the sampled coordinates of `parameters.py` (angles through Cartesian pairs: nothing is folded);
 3. lens-light block, L | S, M, P: like S;
 4. PSF block, P | stars: with a PSF prior (`psf/step.py`), each chain's P drawn from the stars by the reverse
    posterior SDE for every `sampler.psf.every`-th sweep (and when the chain starts; none after the run's last
@@ -13,9 +14,12 @@ One sweep at temperature T (likelihood variance inflated T times), `GibbsSampler
    fixed.
 
 Each block gets what it conditions on as arguments: the current state, and the forward model's PSF kernels,
-computed once per sweep from P. The stages and their schedules are in `stages.py`; the state, random generator
-included, in `state.py`, written after every sweep by the caller: a run killed and resumed continues exactly where
-it was.
+computed once per sweep from P. MALA's step sizes carry over from sweep to sweep and from stage to stage (rescaled
+to each sweep's temperature), while its Robbins-Monro adaptation restarts at each stage's first sweep, so that
+every stage's burn-in adapts from scratch.
+
+The stages and their schedules are in `stages.py`; the state, random generator included, in `state.py`, written
+after every sweep by the caller: a run killed and resumed continues exactly where it was.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from ..lensing.forward import ForwardModel
 from .likelihood import GaussianLikelihood
 from .mala import MALA, MALATuning
@@ -77,14 +82,20 @@ class GibbsSampler:
 
     def initial_state(self, init: Mapping[str, float | Tensor], chains: int, seed: int, source: Tensor | None = None,
                       lens_light: Tensor | None = None) -> SamplerState:
-        """Chains at the initial mass model (each parameter a number, or [B] one per chain) with zero shifts, and
-        the images `source` [B, n, n] and `lens_light` [B, m, m] (None: zeros); generator seeded from `seed`; with a
-        PSF model, each chain's first P drawn from it."""
-        ref, model = self.p.psf, self.p.model
+        """Chains at the initial mass model `init` (physical parameters by their DESIGN.md names, as a lens
+        config's `init` gives them, each a number or [B] one per chain; converted to the sampled coordinates, where
+        fixed ones stay) with zero shifts, and the images `source` [B, n, n] and `lens_light` [B, m, m] (None:
+        zeros); generator seeded from `seed`; with a PSF model, each chain's first P drawn from it. InputError when
+        the start lies outside the prior of a free parameter."""
+        ref, model, space = self.p.psf, self.p.model, self.p.space
         mass = {k: torch.as_tensor(v, dtype=ref.dtype, device=ref.device).expand(chains).clone()
                 for k, v in init.items()}
         shifts = torch.zeros(chains, model.n_exp, 2, dtype=ref.dtype, device=ref.device)
-        v = self.p.space.wrap(self.p.space.vector(mass, shifts))
+        u = space.to_sampled(space.vector(mass, shifts))
+        outside = space.outside(u)
+        if outside:
+            raise InputError(f"the start (lens.init) lies outside the prior of sampler.parameters {outside}; move "
+                             f"the start or widen the prior")
         gen = torch.Generator(device=ref.device).manual_seed(int(seed))
 
         def image(given: Tensor | None, n: int) -> Tensor:
@@ -93,7 +104,7 @@ class GibbsSampler:
             return given.to(ref).expand(chains, n, n).clone()
 
         psf = None if self.p.psf_model is None else self.p.psf_model.sample(None, chains, gen)
-        return SamplerState(v=v, source=image(source, model.source.n), lens_light=image(lens_light, model.lens_light.n),
+        return SamplerState(u=u, source=image(source, model.source.n), lens_light=image(lens_light, model.lens_light.n),
                             mala=MALATuning.start(chains, self.mala_step, ref.dtype, ref.device),
                             rng=gen.get_state(), psf=psf)
 
@@ -104,7 +115,7 @@ class GibbsSampler:
 
     def model_images(self, state: SamplerState, kernels: Tensor | None = None) -> Tensor:
         """The chains' model images [B, n_exp, H, W] (kernels: `self.kernels(state.psf)` when not given)."""
-        mass, shifts = self.p.space.split(state.v)
+        mass, shifts = self.p.space.unpack(state.u)
         return self.p.model(mass, shifts, state.source, state.lens_light,
                             self.kernels(state.psf) if kernels is None else kernels)
 
@@ -117,7 +128,7 @@ class GibbsSampler:
         prior = self.p.priors.get(kind)
         if prior is None:
             return current
-        mass, shifts = self.p.space.split(state.v)
+        mass, shifts = self.p.space.unpack(state.u)
         to_source = self.p.model.source_operator(mass, shifts, kernels)
         to_light = self.p.model.lens_light_operator(shifts, kernels)
         if kind == "source":
@@ -132,29 +143,27 @@ class GibbsSampler:
 
     def mass_block(self, state: SamplerState, kernels: Tensor, stage: Stage, temperature: float, adapt: bool,
                    gen: torch.Generator) -> tuple[Tensor, MALATuning]:
-        """`stage.mala_steps` MALA steps on the free mass and shift parameters given the images, kernels and
-        temperature: the new parameter vector [B, D] and MALA's tuning."""
+        """`stage.mala_steps` MALA steps on the free sampled coordinates of the mass and shifts given the images,
+        kernels and temperature: the new sampled vector [B, D] and MALA's tuning (as `state.mala`'s, rescaled to
+        `temperature`)."""
         space, model, likelihood = self.p.space, self.p.model, self.p.likelihood
-        v0, source, lens_light = state.v, state.source, state.lens_light
+        u0, source, lens_light = state.u, state.source, state.lens_light
 
         def log_prob(free: Tensor) -> tuple[Tensor, Tensor]:
             with torch.enable_grad():
                 free = free.detach().requires_grad_(True)
-                v = space.embed(free, v0)
-                lp = space.log_prior(v)
-                mass, shifts = space.split(v)
+                u = space.embed(free, u0)
+                lp = space.log_prior(u)
+                mass, shifts = space.unpack(u)
                 lp = lp + likelihood.log_prob(model(mass, shifts, source, lens_light, kernels), temperature)
                 ok = torch.isfinite(lp)
                 (grad,) = torch.autograd.grad(torch.where(ok, lp, torch.zeros_like(lp)).sum(), free)
             return lp.detach(), grad
 
-        def wrap(free: Tensor) -> Tensor:
-            return space.free_part(space.wrap(space.embed(free, v0)))
-
-        kernel = MALA(log_prob, self.precond, target_accept=self.target_accept, wrap=wrap)
-        chain = kernel.resume(space.free_part(v0), state.mala.at_temperature(temperature))
+        kernel = MALA(log_prob, self.precond, target_accept=self.target_accept)
+        chain = kernel.resume(space.free_part(u0), state.mala.at_temperature(temperature))
         chain = kernel.run(chain, stage.mala_steps, gen, adapt=adapt)
-        return space.embed(chain.x, v0), chain.tuning(temperature)
+        return space.embed(chain.x, u0), chain.tuning(temperature)
 
     def psf_block(self, state: SamplerState, gen: torch.Generator) -> Tensor:
         """Each chain's new P [B, G, p, p] from the stars; a chain whose draw is not finite keeps its P rather than
@@ -171,13 +180,15 @@ class GibbsSampler:
         gen = state.generator()
         temperature, t_start = stage.temperature_at(k), stage.t_start_at(k)
         kernels = self.kernels(state.psf)
+        if k == 0:
+            state.mala = stage_tuning(state.mala)
         before = state.mala
         state.source = self.image_block("source", state, kernels, stage.sde, temperature, t_start, gen)
-        state.v, state.mala = self.mass_block(state, kernels, stage, temperature, stage.adapts(k), gen)
+        state.u, state.mala = self.mass_block(state, kernels, stage, temperature, stage.adapts(k), gen)
         state.lens_light = self.image_block("lens_light", state, kernels, stage.sde, temperature, t_start, gen)
         metrics = self.metrics(state, kernels, before, stage, k, temperature)
         if stage.records(k):
-            state.records.append(state.record())
+            state.records.append(state.record(self.p.space.to_physical(state.u)))
         state.history.append(metrics)
         if next_sweep and self.p.psf_model is not None and self.p.psf_model.due(state.done):
             state.psf = self.psf_block(state, gen)
@@ -187,13 +198,14 @@ class GibbsSampler:
     def metrics(self, state: SamplerState, kernels: Tensor, before: MALATuning, stage: Stage, k: int,
                 temperature: float) -> dict:
         """One sweep's metrics: chi^2 per exposure (mean over chains), MALA's acceptance in the sweep (since
-        `before`) and mean step, the chains' mean parameters and, with a PSF model, the stars' chi^2."""
+        `before`) and mean step, the chains' mean physical parameters and, with a PSF model, the stars' chi^2."""
         chi2 = self.p.likelihood.reduced_chi2(self.model_images(state, kernels))
         mala = state.mala
         acc = (mala.accepted - before.accepted).sum() / (mala.proposed - before.proposed).sum().clamp(min=1)
         metrics = {"stage": stage.name, "sweep": k, "temperature": temperature,
                    "chi2": chi2.mean(0).tolist(), "acceptance": float(acc), "mala_step": float(mala.step.mean()),
-                   "mass": dict(zip(self.p.space.names, state.v.mean(0).tolist(), strict=True))}
+                   "mass": dict(zip(self.p.space.names, self.p.space.to_physical(state.u).mean(0).tolist(),
+                                    strict=True))}
         if state.psf is not None:
             metrics["psf_chi2"] = float(self.p.psf_model.reduced_chi2(state.psf).mean())
         return metrics
@@ -218,3 +230,11 @@ class GibbsSampler:
             if save is not None:
                 save(state)
         return state
+
+
+def stage_tuning(tuning: MALATuning) -> MALATuning:
+    """MALA's tuning at a stage's first sweep: the step sizes the previous stage ended with (the starting point;
+    the mass block rescales them to the sweep's temperature) and the counters, with the Robbins-Monro adaptation
+    restarted, so that the stage's burn-in adapts with the recursion's full gain rather than with the small one the
+    earlier stages' steps left (k^-0.6 after hundreds of steps)."""
+    return tuning.restart()

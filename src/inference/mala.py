@@ -4,10 +4,15 @@ Proposal for chain b with step size h_b and preconditioner M = diag(m) (the squa
 
     x' = x + (h^2 / 2) M grad log p(x) + h sqrt(M) xi,    xi ~ N(0, I)
 
-accepted with probability min(1, p(x') q(x | x') / (p(x) q(x' | x))). Proposals whose log density or gradient is
-not finite (outside the prior's support, a NaN from the model) are rejected and counted. During burn-in the step
-size of each chain follows a Robbins-Monro recursion toward the target acceptance rate (0.574 is optimal for MALA
-in high dimension, Roberts & Rosenthal 1998).
+accepted with probability min(1, p(x') q(x | x') / (p(x) q(x' | x))), with q the Gaussian above evaluated at the
+proposal exactly as drawn. The kernel moves on the real line in every coordinate: a periodic coordinate must not
+be folded into its period between drawing x' and evaluating q (the folded point is at a distance of about one
+period from x, which breaks detailed balance); sample such quantities through unconstrained coordinates
+(`parameters.py` samples angles through Cartesian pairs) or fold them only when reporting. Proposals whose log
+density or gradient is not finite (outside the prior's support, a NaN from the model) are rejected and counted.
+During burn-in the step size of each chain follows a Robbins-Monro recursion toward the target acceptance rate
+(0.574 is optimal for MALA in high dimension, Roberts & Rosenthal 1998): the k-th adapted step multiplies h by
+exp(adapt_rate k^-0.6 (alpha - target)), k counted from the last restart (each Gibbs stage restarts it).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ LogProbFn = Callable[[Tensor], tuple[Tensor, Tensor]]
 @dataclass
 class MALAState:
     """x: [B, D] positions; log_prob: [B]; grad: [B, D]; step: [B] step sizes; accepted, proposed, nonfinite: [B]
-    counters (int64); n_adapt: adaptation steps taken so far."""
+    counters (int64); n_adapt: adaptation steps taken since the last restart (`MALATuning.restart`)."""
 
     x: Tensor
     log_prob: Tensor
@@ -54,8 +59,8 @@ class MALATuning:
     density and gradient do not: the target changes with the images between sweeps).
 
     step: [B] step sizes, in units of the preconditioner's scales; accepted, proposed, nonfinite: [B] counts
-    (int64); n_adapt: adaptation steps taken so far; temperature: the likelihood temperature the step sizes were
-    last used at (None before the first sweep).
+    (int64); n_adapt: adaptation steps taken since the last restart (the current stage's start); temperature: the
+    likelihood temperature the step sizes were last used at (None before the first sweep).
     """
 
     step: Tensor
@@ -70,6 +75,12 @@ class MALATuning:
         """`chains` chains with step size `step`, nothing proposed yet."""
         zeros = lambda: torch.zeros(chains, dtype=torch.long, device=device)  # noqa: E731
         return cls(torch.full((chains,), step, dtype=dtype, device=device), zeros(), zeros(), zeros())
+
+    def restart(self) -> MALATuning:
+        """The same step sizes and counters with the adaptation counter at zero: the next adapted step takes the
+        Robbins-Monro recursion's first, largest gain, as at the start of a run (a Gibbs stage's burn-in adapts
+        from scratch, starting from the step sizes the previous stage ended with)."""
+        return replace(self, n_adapt=0)
 
     def at_temperature(self, temperature: float) -> MALATuning:
         """The step sizes carried to `temperature`: where the likelihood dominates, the conditional's width scales
@@ -104,17 +115,13 @@ class MALA:
         precond: [D] diagonal preconditioner (variances: roughly the posterior variance of each coordinate).
         target_accept: acceptance rate the step sizes are adapted toward.
         adapt_rate: scale of the adaptation steps; the k-th step moves log h by adapt_rate k^-0.6 (acc - target).
-        wrap: optional function applied to proposals (e.g. folding angles into their period); it must preserve
-            the proposal density (a periodic identification does).
     """
 
-    def __init__(self, log_prob: LogProbFn, precond: Tensor, target_accept: float = 0.574, adapt_rate: float = 1.0,
-                 wrap: Callable[[Tensor], Tensor] | None = None):
+    def __init__(self, log_prob: LogProbFn, precond: Tensor, target_accept: float = 0.574, adapt_rate: float = 1.0):
         self.log_prob = log_prob
         self.precond = precond
         self.target_accept = target_accept
         self.adapt_rate = adapt_rate
-        self.wrap = wrap
 
     def init(self, x: Tensor, step: float | Tensor) -> MALAState:
         lp, g = self.log_prob(x)
@@ -134,8 +141,6 @@ class MALA:
         m = self.precond.to(x)
         noise = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
         prop = x + 0.5 * h[:, None] ** 2 * m * g + h[:, None] * m.sqrt() * noise
-        if self.wrap is not None:
-            prop = self.wrap(prop)
         lp_new, g_new = self.log_prob(prop)
         finite = torch.isfinite(lp_new) & torch.isfinite(g_new).all(-1)
         lp_new = torch.where(finite, lp_new, torch.full_like(lp_new, -math.inf))

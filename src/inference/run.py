@@ -22,6 +22,7 @@ from ..errors import InputError
 from .config import validate_infer_config
 from .figures import make_figures
 from .gibbs import GibbsSampler
+from .parameters import canonical_mass
 from .results import by_chain, diagnostic_warnings, write_samples, write_summary
 from .setup import build_problem
 from .stages import stages_from_config
@@ -104,7 +105,8 @@ def infer(cfg: DictConfig, out_dir: str | Path, root: str | Path) -> dict:
 
 
 def write_outputs(sampler: GibbsSampler, state: SamplerState, data, geometry, out: Path, cfg: dict) -> dict:
-    """samples.h5, summary.csv, chi2.csv and the figures from the recorded sweeps."""
+    """samples.h5, summary.csv, chi2.csv and the figures from the recorded sweeps (the records hold physical
+    parameters: amplitudes >= 0, angles folded into one period, `parameters.py`)."""
     records = state.records
     if not records:
         raise InputError("no sweep was recorded: set `record` > 0 in the last sampler stage")
@@ -172,7 +174,7 @@ def psf_samples(sampler: GibbsSampler, records: list[Record]) -> dict:
 @torch.no_grad()
 def mean_components(sampler: GibbsSampler, v: torch.Tensor, source, lens_light, psf=None, batch: int = 16) -> dict:
     """Posterior means of the lensed-source and lens-light model images, each [n_exp, H, W], over the samples
-    v [N, D], source [N, n, n], lens_light [N, m, m] (arrays or tensors) with their PSF kernels psf
+    v [N, D] (physical vectors), source [N, n, n], lens_light [N, m, m] (arrays or tensors) with their PSF kernels psf
     [N, n_exp, K, K] (None: the fixed PSFs), `batch` samples at a time."""
     ref = sampler.p.psf
     total = {"source": 0.0, "lens_light": 0.0}
@@ -238,11 +240,13 @@ def _mock_truth(cfg: dict) -> dict:
 
 
 def write_truth(cfg: dict, out: Path) -> dict | None:
-    """For a mock lens, copy its true mass parameters to <run dir>/truth.json; returns them (None otherwise)."""
+    """For a mock lens, copy its true mass parameters to <run dir>/truth.json, in the convention of the samples
+    (amplitudes >= 0, angles folded into one period: `parameters.canonical_mass`, the same mass model as the
+    mock's); returns them (None otherwise)."""
     if "mock" not in cfg.get("lens", {}):
         return None
     truth = _mock_truth(cfg)
-    mass = {k: float(v) for k, v in truth["mass"].items()}
+    mass = canonical_mass(truth["mass"])
     (out / "truth.json").write_text(json.dumps({"mass": mass, "shifts": truth.get("shifts"),
                                                 "catalog": truth.get("catalog")}, indent=2))
     return mass

@@ -4,6 +4,11 @@ The run writes the state after every sweep (`SamplerState.save`, atomic) and a r
 (`SamplerState.load`): with the random generator's state inside, a run killed and resumed continues exactly where
 it was. `state_dict()` holds plain tensors, numbers, strings, lists and dicts only, so `torch.load(...,
 weights_only=True)` reads it and no pickled code runs.
+
+The chains' parameters are held as MALA samples them, the sampled vector u (`parameters.ParameterSpace`: angles
+through Cartesian pairs), so that a resumed chain continues from exactly the same point; each record holds the
+physical vector v (names of DESIGN.md), which is what the outputs read. A state written by a version whose vector
+differs (`STATE_VERSION`) is refused with a one-line error.
 """
 
 from __future__ import annotations
@@ -18,12 +23,16 @@ from ..atomic import atomic_torch_save
 from ..errors import InputError
 from .mala import MALATuning
 
+# 2: the chains' parameters as the sampled vector u (Cartesian pairs), records as physical vectors
+STATE_VERSION = 2
+
 
 @dataclass
 class Record:
     """One recorded sweep of B chains.
 
-    v: [B, D] mass parameters and shifts (`parameters.ParameterSpace`'s vector); source [B, n, n] and lens_light
+    v: [B, D] physical mass parameters and shifts (`parameters.ParameterSpace`'s physical vector, names
+    `space.names`: DESIGN.md's, then shift_<e>_x, shift_<e>_y); source [B, n, n] and lens_light
     [B, m, m]: flux images, data units per detector pixel; psf: [B, G, p, p] each chain's P on the PSF prior's grid
     that the sweep ran under, or None when the PSFs are fixed.
     """
@@ -48,14 +57,16 @@ class Record:
 class SamplerState:
     """The chains' current sample, MALA's tuning, the random generator and the run's progress.
 
-    v: [B, D] mass and shifts; source [B, n, n], lens_light [B, m, m]: flux images; psf: [B, G, p, p] each chain's
+    u: [B, D] mass and shifts as sampled (`parameters.ParameterSpace`'s sampled vector: Cartesian pairs in place of
+    the (amplitude, angle) pairs; `space.to_physical(u)` gives the physical parameters); source [B, n, n],
+    lens_light [B, m, m]: flux images; psf: [B, G, p, p] each chain's
     P for the next sweep (None: the PSFs are fixed); mala: step sizes and counters (`mala.MALATuning`); rng: the
     generator's state (a CPU uint8 tensor); stage, sweep: the next sweep to run (stage index, sweep within it);
     records: the recorded sweeps; history: every sweep's metrics (`GibbsSampler.sweep`); config_hash: the hash of
     the settings that wrote it (a resumed run must have the same).
     """
 
-    v: Tensor
+    u: Tensor
     source: Tensor
     lens_light: Tensor
     mala: MALATuning
@@ -69,7 +80,7 @@ class SamplerState:
 
     @property
     def chains(self) -> int:
-        return self.v.shape[0]
+        return self.u.shape[0]
 
     @property
     def done(self) -> int:
@@ -78,18 +89,18 @@ class SamplerState:
 
     def generator(self) -> torch.Generator:
         """A generator on the chains' device in the stored state (a sweep draws from it, then stores it back)."""
-        gen = torch.Generator(device=self.v.device)
+        gen = torch.Generator(device=self.u.device)
         gen.set_state(self.rng)
         return gen
 
-    def record(self) -> Record:
-        """A copy of the current sample."""
-        return Record(self.v.clone(), self.source.clone(), self.lens_light.clone(),
+    def record(self, v: Tensor) -> Record:
+        """A copy of the current sample, with its physical parameters v [B, D] (`space.to_physical(self.u)`)."""
+        return Record(v.clone(), self.source.clone(), self.lens_light.clone(),
                       None if self.psf is None else self.psf.clone())
 
     def state_dict(self) -> dict:
-        d = {"v": self.v, "source": self.source, "lens_light": self.lens_light, "mala": self.mala.state_dict(),
-             "rng": self.rng, "stage": self.stage, "sweep": self.sweep,
+        d = {"version": STATE_VERSION, "u": self.u, "source": self.source, "lens_light": self.lens_light,
+             "mala": self.mala.state_dict(), "rng": self.rng, "stage": self.stage, "sweep": self.sweep,
              "records": [r.state_dict() for r in self.records], "history": self.history,
              "config_hash": self.config_hash}
         if self.psf is not None:
@@ -98,7 +109,9 @@ class SamplerState:
 
     @classmethod
     def from_state_dict(cls, d: dict) -> SamplerState:
-        return cls(d["v"], d["source"], d["lens_light"], MALATuning.from_state_dict(d["mala"]), d["rng"].cpu(),
+        if d.get("version") != STATE_VERSION:
+            raise ValueError(f"version {d.get('version')}, this one reads {STATE_VERSION}")
+        return cls(d["u"], d["source"], d["lens_light"], MALATuning.from_state_dict(d["mala"]), d["rng"].cpu(),
                    d.get("psf"), int(d["stage"]), int(d["sweep"]), [Record.from_state_dict(r) for r in d["records"]],
                    list(d["history"]), d.get("config_hash"))
 
@@ -112,6 +125,6 @@ class SamplerState:
         d = torch.load(path, map_location=device, weights_only=True)
         try:
             return cls.from_state_dict(d)
-        except (KeyError, TypeError, AttributeError) as e:
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise InputError(f"{path} is not a sampler state of this version ({type(e).__name__}: {e}); use a new "
                              f"run folder") from None

@@ -277,7 +277,8 @@ class StartFinder:
         angles = torch.tensor([0.0, 0.0, 0.5, 1.0, 1.5], dtype=self.dtype, device=self.device) * math.pi / 2
         e = torch.tensor([0.01, 0.15, 0.15, 0.15, 0.15], dtype=self.dtype, device=self.device)
         zeros = torch.zeros_like(e)
-        p = {"xl": zeros.clone(), "yl": zeros.clone(), "el1": e * torch.cos(2 * angles), "el2": e * torch.sin(2 * angles)}
+        p = {"xl": zeros.clone(), "yl": zeros.clone(), "el1": e * torch.cos(2 * angles),
+             "el2": e * torch.sin(2 * angles)}
         p = self.optimise(p, LIGHT, self.s.light_steps, self.s.lr, light_only=True)
         with torch.no_grad():
             lz = self.fit(p, light_only=True).log_evidence
