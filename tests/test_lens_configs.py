@@ -95,8 +95,8 @@ def test_a_written_config_composes_to_its_catalogue_row(tmp_path):
     cfg = compose_infer([f"hydra.searchpath=[file://{tmp_path}]", "lens=J1234"])
     validate_infer_config(cfg)
     lens = OmegaConf.to_container(cfg.lens)
-    assert list(lens) == ["name", "sdss_name", "ra", "dec", "z_lens", "z_source", "init", "catalog", "rootnames",
-                          "exposures"]
+    assert list(lens) == ["name", "sdss_name", "ra", "dec", "z_lens", "z_source", "init_from", "init", "catalog",
+                          "rootnames", "exposures"]
     assert (lens["name"], lens["sdss_name"], lens["ra"], lens["dec"]) == ("J1234", "SDSSJ1234+5678", 188.51235, 56.9)
     assert (lens["z_lens"], lens["z_source"]) == (0.21, 0.71)
     assert lens["init"] == {"theta_E": 1.13, "gamma": 1.0, "q": 0.75, "phi": round(math.radians(60), 4),

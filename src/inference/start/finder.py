@@ -361,7 +361,10 @@ class StartFinder:
         best = {k: v[keep] for k, v in p.items()}
         self.use_blobs(s.source_blobs[1])  # the refinement resolves the source better
         best = self.optimise(best, NAMES, s.refine_steps, 0.3 * s.lr, progress=tick)
-        log_z, chi2, amp = self.evaluate(best)
+        log_z, _, _ = self.evaluate(best)
+        # the modes' amplitudes and chi^2 from all the data: the light's narrow Gaussians need the centre
+        self.data = self.all_data
+        _, chi2, amp = self.evaluate(best)
         order = torch.argsort(torch.nan_to_num(log_z, nan=-math.inf), descending=True).tolist()
         modes = [Mode({k: float(best[k][i]) for k in NAMES}, float(log_z[i]), float(chi2[i]), amp[i].cpu())
                  for i in order if math.isfinite(float(log_z[i]))]
