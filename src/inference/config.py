@@ -308,16 +308,24 @@ def _check_stars(stars: DictConfig) -> None:
     _check_names("stars.epsf", stars.epsf, allowed)
 
 
+INIT_FROM = ("auto", "init", "catalog")
+
+
+def check_init_from(lens: Mapping) -> None:
+    """`lens.init_from` is known, and `init` is given where the start is taken from it (one-line InputError)."""
+    init_from = lens.get("init_from")
+    if init_from not in (None, *INIT_FROM) or (init_from == "catalog" and lens.get("mock") is None):
+        raise InputError(f"lens.init_from={init_from!r}: write auto (search the data), init (lens.init as written) "
+                         "or catalog (a mock's simulated catalogue entry)")
+    if init_from in (None, "init") and not lens.get("init"):
+        raise InputError(f"lens.init_from={init_from or 'null'} starts from lens.init, which this lens config does "
+                         "not give: write lens.init_from=auto or give every mass parameter under lens.init")
+
+
 def _check_start(node: DictConfig) -> None:
     from .start.finder import StartSettings
 
-    init_from = node.lens.get("init_from")
-    if init_from not in (None, "auto", "init", "catalog"):
-        raise InputError(f"lens.init_from={init_from!r}: write auto (search the data), init (lens.init as written) "
-                         "or catalog (a mock's simulated catalogue entry)")
-    if init_from in (None, "init") and node.lens.get("init") is None:
-        raise InputError(f"lens.init_from={init_from or 'null'} starts from lens.init, which this lens config does "
-                         "not give: write lens.init_from=auto or give every mass parameter under lens.init")
+    check_init_from(node.lens)
     StartSettings.from_config(OmegaConf.to_container(node.start, resolve=True))
 
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import InputError
-from .config import validate_infer_config
+from .config import check_init_from, validate_infer_config
 from .figures import make_figures
 from .gibbs import GibbsSampler
 from .parameters import canonical_mass
@@ -188,9 +188,6 @@ def mean_components(sampler: GibbsSampler, v: torch.Tensor, source, lens_light, 
     return {k: t / v.shape[0] for k, t in total.items()}
 
 
-INIT_FROM = ("auto", "init", "catalog")
-
-
 def initial_state(sampler: GibbsSampler, problem, geometry, cfg: dict) -> SamplerState:
     """The chains' first state, by `lens.init_from`: `auto`, the start finder's modes (`start/`), the lens's
     `init` being one more seed; `init` (or null), the lens config's `init` as written; `catalog`, a mock's
@@ -209,12 +206,7 @@ def initial_mass(cfg: dict) -> dict:
     catalogue entry when the config says `init_from: catalog` (the mock's stand-in for a published SIE model)."""
     lens = cfg["lens"]
     source = lens.get("init_from")
-    if source not in (None, *INIT_FROM) or (source == "catalog" and "mock" not in lens):
-        raise InputError(f"lens.init_from={source!r}: write auto (search the data), init (lens.init as written) or "
-                         "catalog (a mock's simulated catalogue entry)")
-    if source != "catalog" and not lens.get("init"):
-        raise InputError(f"lens.init_from={source or 'null'} starts from lens.init, which this lens config does "
-                         "not give: write lens.init_from=auto or give every mass parameter under lens.init")
+    check_init_from(lens)
     defaults = {"gamma": 1.0, "x0": 0.0, "y0": 0.0, "gamma_ext": 0.0, "phi_ext": 0.0, "a3": 0.0, "phi3": 0.0,
                 "a4": 0.0, "phi4": 0.0}
     init = {k: float(v) for k, v in (lens.get("init") or defaults).items()}

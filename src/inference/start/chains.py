@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ...lensing.grid import PixelGrid
-from .finder import Mode, StartResult
+from .finder import RADIUS, Mode, StartResult
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,9 @@ def _jittered(mode: Mode, jitter: float, generator: torch.Generator) -> dict[str
     for (k, sd), z in zip(SPREAD.items(), noise.tolist(), strict=True):
         params[k] = params[k] + jitter * sd * z
     # keep the jittered ellipticity and shear physical (|e| < 1)
-    for a, b, r in (("e1", "e2", 0.6), ("g1", "g2", 0.25)):
+    for (a, b), r in RADIUS.items():
+        if a not in SPREAD:
+            continue
         n = max(1.0, math.hypot(params[a], params[b]) / r)
         params[a], params[b] = params[a] / n, params[b] / n
     return Mode(params, mode.log_evidence, mode.chi2, mode.amplitudes).mass()

@@ -37,6 +37,7 @@ from ...lensing.forward import ForwardModel
 from ...lensing.shear import shear_deflection
 from ...lensing.sie import sie_deflection
 from ..likelihood import GaussianLikelihood
+from ..parameters import PAIRS, pair_to_polar, polar_to_pair
 from .basis import blob_centres, light_gaussians, source_blobs
 from .coarse import coarse_data
 from .linear import linear_fit
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 # the nonlinear parameters of the search, and the step (Adam's learning rate) of each in its own units
 NAMES = ("log_theta_E", "e1", "e2", "x0", "y0", "g1", "g2", "xs", "ys", "xl", "yl", "el1", "el2")
 LIGHT = ("xl", "yl", "el1", "el2")
+# the largest modulus each Cartesian pair may reach while searching (q >= 0.25; shear 0.25)
+RADIUS = {("e1", "e2"): 0.6, ("g1", "g2"): 0.25, ("el1", "el2"): 0.6}
 STEP = {"log_theta_E": 0.02, "e1": 0.02, "e2": 0.02, "x0": 0.01, "y0": 0.01, "g1": 0.01, "g2": 0.01,
         "xs": 0.02, "ys": 0.02, "xl": 0.005, "yl": 0.005, "el1": 0.02, "el2": 0.02}
 
@@ -111,12 +114,11 @@ class Mode:
     def mass(self) -> dict[str, float]:
         """The mode's mass in the sampler's physical parameters (slope 1, no multipoles)."""
         p = self.params
-        e = math.hypot(p["e1"], p["e2"])
-        g = math.hypot(p["g1"], p["g2"])
-        return {"theta_E": math.exp(p["log_theta_E"]), "gamma": 1.0, "q": (1 - e) / (1 + e),
-                "phi": (0.5 * math.atan2(p["e2"], p["e1"])) % math.pi, "x0": p["x0"], "y0": p["y0"],
-                "gamma_ext": g, "phi_ext": (0.5 * math.atan2(p["g2"], p["g1"])) % math.pi,
-                "a3": 0.0, "phi3": 0.0, "a4": 0.0, "phi4": 0.0}
+        t = lambda *v: (torch.tensor(float(x), dtype=torch.float64) for x in v)  # noqa: E731
+        q, phi = (float(x) for x in pair_to_polar(PAIRS["ellipticity"], *t(p["e1"], p["e2"])))
+        g, phi_ext = (float(x) for x in pair_to_polar(PAIRS["shear"], *t(p["g1"], p["g2"])))
+        return {"theta_E": math.exp(p["log_theta_E"]), "gamma": 1.0, "q": q, "phi": phi, "x0": p["x0"],
+                "y0": p["y0"], "gamma_ext": g, "phi_ext": phi_ext, "a3": 0.0, "phi3": 0.0, "a4": 0.0, "phi4": 0.0}
 
 
 @dataclass
@@ -142,14 +144,11 @@ class StartResult:
 
 def physical_to_search(mass: Mapping[str, float]) -> dict[str, float]:
     """A mass in physical parameters (a catalogue model, say) as the search's mass coordinates."""
-    q = float(mass["q"])
-    e = (1 - q) / (1 + q)
-    phi = float(mass["phi"])
-    g = float(mass.get("gamma_ext", 0.0))
-    phi_ext = float(mass.get("phi_ext", 0.0))
-    return {"log_theta_E": math.log(float(mass["theta_E"])), "e1": e * math.cos(2 * phi), "e2": e * math.sin(2 * phi),
-            "x0": float(mass.get("x0", 0.0)), "y0": float(mass.get("y0", 0.0)),
-            "g1": g * math.cos(2 * phi_ext), "g2": g * math.sin(2 * phi_ext)}
+    t = lambda k, default=None: torch.tensor(float(mass.get(k, default)), dtype=torch.float64)  # noqa: E731
+    e1, e2 = polar_to_pair(PAIRS["ellipticity"], t("q"), t("phi"))
+    g1, g2 = polar_to_pair(PAIRS["shear"], t("gamma_ext", 0.0), t("phi_ext", 0.0))
+    return {"log_theta_E": math.log(float(mass["theta_E"])), "e1": float(e1), "e2": float(e2),
+            "x0": float(mass.get("x0", 0.0)), "y0": float(mass.get("y0", 0.0)), "g1": float(g1), "g2": float(g2)}
 
 
 class StartFinder:
@@ -218,7 +217,7 @@ class StartFinder:
         with torch.no_grad():
             if "log_theta_E" in p:
                 p["log_theta_E"].clamp_(lo, hi)
-            for a, b, r in (("e1", "e2", 0.6), ("g1", "g2", 0.25), ("el1", "el2", 0.6)):
+            for (a, b), r in RADIUS.items():
                 if a in p:
                     n = torch.sqrt(p[a] ** 2 + p[b] ** 2).clamp(min=r) / r
                     p[a].div_(n)
