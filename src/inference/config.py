@@ -56,13 +56,18 @@ class CatalogEntry:
 @dataclass
 class LensConfig:
     """conf/lens/NAME.yaml. Data: `exposures` (FLT/FLC files, with `mask` or `masks`), or a co-add (`image`,
-    `noise_map`, `psf`, `pixel_scale`, `psf_oversampling`, `mask`, `cutout`), or lenstronomy HDF5 (`h5`, `psf_h5`,
-    `filter`); `scorelens.data.observations.coadd.load_lens` says which combinations it takes."""
+    `noise_map`, `psf`, `pixel_scale`, `psf_oversampling`, `mask`, `cutout`, `strict`), or lenstronomy HDF5 (`h5`,
+    `psf_h5`, `filter`); `scorelens.data.observations.lens.load_lens` says which combinations it takes. A co-add
+    needs no `ra`, `dec` (its lens is then at the centre pixel) nor redshifts (figures then in arcsec only)."""
 
     name: str = MISSING
     sdss_name: str | None = None
-    ra: float = MISSING              # degrees
-    dec: float = MISSING
+    ra: float | None = None          # degrees
+    dec: float | None = None
+    data_dir: str | None = None      # where this lens's relative paths start (relative to paths.root_dir); null:
+                                     # paths.data_dir
+    source_fov: Number | str | None = None  # arcsec across the source grid, or auto (`setup.source_pixel_scale`);
+                                           # null: lensing.source.pixel_scale
     z_lens: float | None = None
     z_source: float | None = None
     init_from: str | None = None     # auto: the start finder; init (or null): `init`; catalog: a mock's entry
@@ -81,6 +86,7 @@ class LensConfig:
     psf_h5: str | None = None
     filter: str | None = None
     cutout: int | None = None
+    strict: bool | None = None       # a co-add's PSF and pixels checked, not repaired (`coadd.load_coadd`)
     mock: dict[str, Any] | None = None   # a simulated lens: MockConfig's settings and `out_dir`
 
 
@@ -258,12 +264,14 @@ def validate_infer_config(cfg: DictConfig | Mapping) -> None:
             raise InputError(f"config key {key} holds settings ({', '.join(_fields_at(key))}), not a value") \
                 from None
         raise InputError(f"config key {key}: {_first_line(err)}") from None
-    missing = _missing(merged)
+    # ??? in the config as well as in the schema: merging ??? onto a schema default (None) keeps the default
+    missing = list(dict.fromkeys(_missing(node) + _missing(merged)))
     if missing:
         raise InputError(f"config value(s) {', '.join(missing)} not set (??? or absent); set them in the config "
                          "files or on the command line")
     _check_stars(node["stars"])
     _check_start(node)
+    _check_source_fov(node.lens.get("source_fov"))
     if node.lens.get("mock") is not None:
         _check_mock(node.lens.mock)
     validate_sampler_config(node.get("sampler"))
@@ -311,6 +319,12 @@ def _check_stars(stars: DictConfig) -> None:
 INIT_FROM = ("auto", "init", "catalog")
 
 
+def is_mock(lens: Mapping) -> bool:
+    """A simulated lens: a `mock:` block and the `exposures` it simulates. A lens with other data (a co-add) ignores
+    the block that an experiment adds for the mock's sizes (experiment=infer_smoke composes with every lens)."""
+    return lens.get("mock") is not None and bool(lens.get("exposures"))
+
+
 def check_init_from(lens: Mapping) -> None:
     """`lens.init_from` is known, and `init` is given where the start is taken from it (one-line InputError)."""
     init_from = lens.get("init_from")
@@ -320,6 +334,14 @@ def check_init_from(lens: Mapping) -> None:
     if init_from in (None, "init") and not lens.get("init"):
         raise InputError(f"lens.init_from={init_from or 'null'} starts from lens.init, which this lens config does "
                          "not give: write lens.init_from=auto or give every mass parameter under lens.init")
+
+
+def _check_source_fov(value) -> None:
+    ok = value is None or value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                              and value > 0)
+    if not ok:
+        raise InputError(f"lens.source_fov={value!r}: write auto (from the image), a positive number of arcsec, or "
+                         "null (lensing.source.pixel_scale as set)")
 
 
 def _check_start(node: DictConfig) -> None:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import InputError
-from .config import check_init_from, validate_infer_config
+from .config import check_init_from, is_mock, validate_infer_config
 from .figures import make_figures
 from .gibbs import GibbsSampler
 from .parameters import canonical_mass
@@ -68,7 +68,8 @@ def infer(cfg: DictConfig, out_dir: str | Path, root: str | Path) -> dict:
             raise InputError(f"{state_path} exists and resume=false; choose another run folder or remove it")
         state = SamplerState.load(state_path, device)
         if state.config_hash != digest:
-            raise InputError(f"{state_path} was written with other sampling settings; use a new run folder")
+            raise InputError(f"{state_path} was written with other sampling settings; use a new run folder (another "
+                             "lens of the same lens.name? give it its own lens.name)")
         log.info("resuming %s at stage %d, sweep %d", state_path, state.stage, state.sweep)
     else:
         state = initial_state(sampler, problem, geometry, container)
@@ -224,10 +225,10 @@ def initial_mass(cfg: dict) -> dict:
 
 def _mock_truth(cfg: dict) -> dict:
     from ..data.simulate.mock import load_truth
-    from .setup import resolve
+    from .setup import lens_data_dir, resolve
 
     lens = cfg["lens"]
-    root = resolve(lens["mock"]["out_dir"], resolve(cfg["paths"]["data_dir"], cfg["paths"]["root_dir"]))
+    root = resolve(lens["mock"]["out_dir"], lens_data_dir(cfg, cfg["paths"]["root_dir"]))
     return load_truth(root).meta
 
 
@@ -235,7 +236,7 @@ def write_truth(cfg: dict, out: Path) -> dict | None:
     """For a mock lens, copy its true mass parameters to <run dir>/truth.json, in the convention of the samples
     (amplitudes >= 0, angles folded into one period: `parameters.canonical_mass`, the same mass model as the
     mock's); returns them (None otherwise)."""
-    if "mock" not in cfg.get("lens", {}):
+    if not is_mock(cfg.get("lens", {})):
         return None
     truth = _mock_truth(cfg)
     mass = canonical_mass(truth["mass"])

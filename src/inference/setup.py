@@ -8,6 +8,13 @@ PSF prior, the PSF step's model (`psf/setup.py`) replaces them by each chain's o
 Flux maps: each prior works in its own network units; `flux.<kind>.scale` is the data's units per network unit.
 `auto` takes a robust peak of the data (the `flux.peak_percentile` percentile of the usable pixels) divided by
 `flux.<kind>.net_peak`, the peak a typical image has in the prior's network units.
+
+Source grid: `lensing.source.pixel_scale`, unless the lens config gives `source_fov` (arcsec across the grid, or
+`auto`: SOURCE_FOV_FRACTION of the cutout's width). `auto` reads the image, not the start finder's Einstein radius:
+the grid is built before the finder runs (the finder draws its source onto it), and a resumed run, which does not
+run the finder, must build the same grid. Why a half: an isothermal lens maps image radius r to source radius
+|r - theta_E|, so with the arcs about half-way out (theta_E ~ R / 2 of a cutout of half width R) every pixel of the
+cutout lands within R / 2 of the centre, a square half the cutout's width.
 """
 
 from __future__ import annotations
@@ -35,10 +42,32 @@ from .psf.setup import psf_model
 
 log = logging.getLogger(__name__)
 
+SOURCE_FOV_FRACTION = 0.5  # source grid width / cutout width for `lens.source_fov: auto` (module docstring)
+
 
 def resolve(path: str | Path, root: str | Path) -> Path:
     p = Path(path)
     return p if p.is_absolute() else Path(root) / p
+
+
+def lens_data_dir(cfg: Mapping, root: str | Path) -> Path:
+    """The folder a lens's relative file paths start from: `lens.data_dir` (conf/lens/fits.yaml: the folder the
+    command runs in), else `paths.data_dir`; either relative to `root`."""
+    return resolve(cfg["lens"].get("data_dir") or cfg["paths"]["data_dir"], root)
+
+
+def source_pixel_scale(lens: Mapping, source: Mapping, data: ExposureSet) -> float:
+    """The source grid's pixel scale (arcsec): `lens.source_fov` (a width in arcsec, or auto: SOURCE_FOV_FRACTION
+    of the widest exposure's width) over `source.n` pixels, else `source.pixel_scale` (conf/lensing) as set."""
+    fov = lens.get("source_fov")
+    if fov is None:
+        return float(source["pixel_scale"])
+    if fov == "auto":
+        width = max(max(e.shape) * e.pixel_scale for e in data.exposures)
+        fov = SOURCE_FOV_FRACTION * width
+        log.info("source grid %.3f arcsec across (lens.source_fov: auto, %.2g of the %.3f-arcsec cutout)", fov,
+                 SOURCE_FOV_FRACTION, width)
+    return float(fov) / int(source["n"])
 
 
 def auto_flux(data: ExposureSet, percentile: float, net_peak: float) -> float:
@@ -50,14 +79,16 @@ def auto_flux(data: ExposureSet, percentile: float, net_peak: float) -> float:
 def build_problem(cfg: Mapping, root: str | Path, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32) -> tuple[Problem, ExposureSet, ModelGeometry]:
     """Everything the sampler needs, from the composed infer config (paths relative to `root`)."""
-    data_dir = resolve(cfg["paths"]["data_dir"], root)
     obs = cfg["observations"]
-    data = load_lens(cfg["lens"], data_dir, size=obs["cutout"], dq_bad_bits=obs["dq_bad_bits"], sky=obs["sky"])
+    data = load_lens(cfg["lens"], lens_data_dir(cfg, root), size=obs["cutout"], dq_bad_bits=obs["dq_bad_bits"],
+                     sky=obs["sky"])
     scales = {round(e.pixel_scale, 6) for e in data.exposures}
     stacked = data.stacked()
     det_scale = float(np.mean([e.pixel_scale for e in data.exposures]))
     footprint = float(max(np.abs(stacked["x"]).max(), np.abs(stacked["y"]).max())) + det_scale / 2
-    geometry = ModelGeometry.from_config(cfg["lensing"], det_scale, footprint=footprint)
+    source = {**cfg["lensing"]["source"],
+              "pixel_scale": source_pixel_scale(cfg["lens"], cfg["lensing"]["source"], data)}
+    geometry = ModelGeometry.from_config({**cfg["lensing"], "source": source}, det_scale, footprint=footprint)
     as_t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
     grid = ExposureGrid.from_detector(as_t(stacked["x"]), as_t(stacked["y"]), geometry.upsample)
     model = ForwardModel(grid, geometry.source, geometry.lens_light, n_terms=geometry.n_terms, detector="sample")

@@ -86,19 +86,30 @@ class Exposure:
         h, w = self.shape
         if size >= h and size >= w:
             return self
-        r0, c0 = max(h // 2 - size // 2, 0), max(w // 2 - size // 2, 0)
-        cut = np.s_[r0:r0 + size, c0:c0 + size]
+        cut = central_window(self.shape, size)
+        r0, c0 = cut[0].start, cut[1].start
         return replace(self, data=self.data[cut], variance=self.variance[cut], mask=self.mask[cut], x=self.x[cut],
                        y=self.y[cut], origin=(self.origin[0] + r0, self.origin[1] + c0))
 
 
+def central_window(shape, size: int | None) -> tuple[slice, slice]:
+    """The central size x size pixels of an image of `shape` (all of it for None), keeping the centre pixel
+    (H // 2, W // 2) at the window's centre (size // 2): the pixels `Exposure.crop` keeps."""
+    h, w = shape
+    if size is None or (size >= h and size >= w):
+        return np.s_[0:h, 0:w]
+    r0, c0 = max(h // 2 - size // 2, 0), max(w // 2 - size // 2, 0)
+    return np.s_[r0:r0 + size, c0:c0 + size]
+
+
 @dataclass
 class ExposureSet:
-    """All images of one lens: name, ra/dec (degrees) of the lens centre, and the exposures (same cutout shape)."""
+    """All images of one lens: name, ra/dec (degrees) of the lens centre (None for a co-add without WCS whose
+    position was not given), and the exposures (same cutout shape)."""
 
     name: str
-    ra: float
-    dec: float
+    ra: float | None
+    dec: float | None
     exposures: list[Exposure]
 
     def __len__(self) -> int:

@@ -40,12 +40,13 @@ def load_lens(lens_cfg: Mapping, data_dir, size: int | None = None, dq_bad_bits=
         optional `mask` (one user mask for every exposure, e.g. a sky region file) or `masks` (one per file);
         a config with a `mock:` block generates its files first when they are missing, keeps them when they
         match, and refuses a different mock in their folder (`scorelens.data.simulate.mock.make_mock_from_config`);
-      - `image`, `noise_map`, `psf` (+ `pixel_scale` when the files have no WCS, `psf_oversampling`, `mask`)
-        -> `load_coadd`;
+      - `image`, `noise_map`, `psf` (+ `pixel_scale` when the files have no WCS, `psf_oversampling`, `mask`,
+        `strict`: check the files instead of repairing them) -> `load_coadd`;
       - `h5` (+ `psf_h5`, `psf_oversampling`, `mask`, `filter`) -> `load_lenstronomy_h5`.
 
     Args:
-        lens_cfg: the lens config (a Mapping or an OmegaConf node): name, ra, dec (degrees) and the keys above.
+        lens_cfg: the lens config (a Mapping or an OmegaConf node): name, ra, dec (degrees; needed by FLT/FLC
+            exposures only: a co-add without them has its lens at the centre pixel) and the keys above.
         data_dir: the folder relative paths start from (paths.data_dir).
         size: FLT cutout side in pixels; None takes the config's `cutout` (or its mock's `cutout`). Co-adds
             (their pixels differ) take only the config's own `cutout`: their central `cutout` pixels, else all.
@@ -53,37 +54,47 @@ def load_lens(lens_cfg: Mapping, data_dir, size: int | None = None, dq_bad_bits=
         sky: the sky subtracted from FLT chips (`scorelens.data.observations.sky.sky_level`; `observations.sky`).
 
     Raises:
-        InputError: a missing file ("PATH: file not found; put ... there or set paths.data_dir"), a config with
-        no data or with more than one kind of it, and whatever the loaders raise.
+        InputError: a missing file ("lens.KEY=PATH: file not found; ..."), a config with no data or with more
+        than one kind of it, a pixel_scale or cutout that is not positive, and whatever the loaders raise.
     """
     cfg = _plain(lens_cfg)
     name = str(cfg.get("name", "lens"))
     data_dir = Path(data_dir)
-    for key in ("ra", "dec"):
-        if not isinstance(cfg.get(key), (int, float)) or isinstance(cfg.get(key), bool):
-            raise InputError(f"lens config {name}: '{key}' (degrees) is missing or not a number")
-    ra, dec = float(cfg["ra"]), float(cfg["dec"])
     kinds = [k for k in ("exposures", "image", "h5") if cfg.get(k)]
     if len(kinds) != 1:
         raise InputError(f"lens config {name}: needs exactly one of 'exposures' (FLT/FLC files), 'image' (a co-add "
                          f"with noise_map and psf) or 'h5' (lenstronomy HDF5); found {kinds or 'none'}")
-    hint = f"set paths.data_dir (now {data_dir})"
+    # FLT/FLC cutouts are cut about the lens's sky position; a co-add without one has its lens at the centre pixel
+    for key in ("ra", "dec"):
+        value = cfg.get(key)
+        if (value is None and kinds == ["exposures"]) or not isinstance(value, (int, float, type(None))) \
+                or isinstance(value, bool):
+            raise InputError(f"lens config {name}: '{key}' (degrees) is missing or not a number")
+    ra, dec = (None if cfg.get(k) is None else float(cfg[k]) for k in ("ra", "dec"))
+    for key in ("pixel_scale", "cutout"):
+        value = cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+                                  or (key == "cutout" and int(value) != value)):
+            what = "a positive number of arcsec per pixel" if key == "pixel_scale" else \
+                "a positive number of pixels (or null: the whole image)"
+            raise InputError(f"lens.{key}={value!r}: must be {what}")
+    hint = f"relative paths start from {data_dir} (lens.data_dir, else paths.data_dir); or give an absolute path"
 
-    def resolve(value, what: str, check: bool = True) -> Path:
+    def resolve(value, key: str, check: bool = True) -> Path:
         p = Path(str(value))
         p = p if p.is_absolute() else data_dir / p
-        if check:
-            require_file(p, f"put the lens's {what} there or {hint}")
+        if check and not p.is_file():
+            raise InputError(f"lens.{key}={p}: file not found; {hint}")
         return p
 
     def mask_of(value):
-        return None if value is None else resolve(value, "mask file")
+        return None if value is None else resolve(value, "mask")
 
     if kinds == ["exposures"]:
         values = cfg["exposures"]
         values = [values] if isinstance(values, str) else list(values)
-        paths = [resolve(v, "FLT/FLC file", check=False) for v in values]
-        if cfg.get("mock") is not None:
+        paths = [resolve(v, "exposures", check=False) for v in values]
+        if cfg.get("mock") is not None:  # (only lenses of `exposures` are mocks: a co-add ignores the block)
             # generated when missing, kept when they match the config; files of other mock settings (another
             # seed) are refused, never silently used with a truth that is not theirs
             from ..simulate.mock import make_mock_from_config
@@ -95,7 +106,7 @@ def load_lens(lens_cfg: Mapping, data_dir, size: int | None = None, dq_bad_bits=
                                  "these settings describe: set lens.mock.out_dir (or paths.data_dir) to another "
                                  "folder, or delete it") from None
         for p in paths:
-            require_file(p, f"put the lens's FLT/FLC file there or {hint}")
+            require_file(p, f"put the lens's FLT/FLC file there or set paths.data_dir (now {data_dir})")
         if size is None:
             size = cfg.get("cutout") or (cfg.get("mock") or {}).get("cutout")
         if size is None:
@@ -111,12 +122,14 @@ def load_lens(lens_cfg: Mapping, data_dir, size: int | None = None, dq_bad_bits=
         for key in ("noise_map", "psf"):
             if not cfg.get(key):
                 raise InputError(f"lens config {name}: a co-added 'image' needs '{key}' too")
-        data = load_coadd(resolve(cfg["image"], "image"), resolve(cfg["noise_map"], "noise map"),
-                          resolve(cfg["psf"], "PSF"), cfg.get("pixel_scale"), ra=ra, dec=dec, name=name,
-                          psf_oversampling=cfg.get("psf_oversampling", 1), user_mask=mask_of(cfg.get("mask")))
+        data = load_coadd(resolve(cfg["image"], "image"), resolve(cfg["noise_map"], "noise_map"),
+                          resolve(cfg["psf"], "psf"), cfg.get("pixel_scale"), ra=ra, dec=dec, name=name,
+                          psf_oversampling=cfg.get("psf_oversampling") or 1, user_mask=mask_of(cfg.get("mask")),
+                          strict=bool(cfg.get("strict")), cutout=cfg.get("cutout"), key_prefix="lens.")
     else:
         psf = cfg.get("psf_h5") or cfg.get("psf")
-        data = load_lenstronomy_h5(resolve(cfg["h5"], "HDF5 image"), None if psf is None else resolve(psf, "PSF"),
+        data = load_lenstronomy_h5(resolve(cfg["h5"], "h5"),
+                                   None if psf is None else resolve(psf, "psf_h5" if cfg.get("psf_h5") else "psf"),
                                    ra=ra, dec=dec, name=name, psf_oversampling=cfg.get("psf_oversampling", 1),
                                    user_mask=mask_of(cfg.get("mask")), filter=cfg.get("filter"))
     crop = cfg.get("cutout")  # the co-add's own pixels: the global `size` is in FLT detector pixels
