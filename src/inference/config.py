@@ -224,6 +224,7 @@ class SamplerConfig:
     mala: MALAConfig = field(default_factory=MALAConfig)
     sde: dict[str, Any] = MISSING
     psf: dict[str, Any] = MISSING
+    split: dict[str, Any] = MISSING  # checked by scorelens.inference.split.SplitSettings
     stages: dict[str, Any] = MISSING
 
 
@@ -282,10 +283,12 @@ def validate_sampler_config(sampler: DictConfig) -> None:
     priors, each by the code that reads them (one-line InputError naming the key)."""
     from .parameters import ParameterError, ParameterSpace
     from .psf.step import PSFStep
+    from .split import SplitSettings
     from .stages import stages_from_config
 
     plain = OmegaConf.to_container(sampler, resolve=True)
     stages_from_config(plain)
+    SplitSettings.from_config(plain.get("split"))
     PSFStep.from_config(plain.get("psf"), plain.get("sde"))
     try:
         ParameterSpace(plain["parameters"], 1, shift_max=1.0, shift_scale=1.0)

@@ -39,6 +39,8 @@ from .parameters import ParameterSpace
 from .posterior_sde import FluxMap, sample_component
 from .psf.step import PSFModel
 from .sde_settings import SDESettings
+from .split import SplitSettings, collapsed_log_likelihood, coupling, denoise
+from .gaussian_draw import gaussian_draw
 from .stages import Stage
 from .state import SamplerState
 
@@ -74,10 +76,12 @@ class GibbsSampler:
     acceptance rate burn-in adapts the step sizes toward.
     """
 
-    def __init__(self, problem: Problem, mala_step: float = 0.5, target_accept: float = 0.574):
+    def __init__(self, problem: Problem, mala_step: float = 0.5, target_accept: float = 0.574,
+                 split: SplitSettings | None = None):
         self.p = problem
         self.mala_step = mala_step
         self.target_accept = target_accept
+        self.split = split or SplitSettings()
         self.precond = problem.space.precond(problem.psf)
 
     def initial_state(self, init: Mapping[str, float | Tensor], chains: int, seed: int, source: Tensor | None = None,
@@ -142,12 +146,14 @@ class GibbsSampler:
                                 temperature=temperature, generator=gen)
 
     def mass_block(self, state: SamplerState, kernels: Tensor, stage: Stage, temperature: float, adapt: bool,
-                   gen: torch.Generator) -> tuple[Tensor, MALATuning]:
+                   gen: torch.Generator, rho: Mapping[str, float] | None = None) -> tuple[Tensor, MALATuning]:
         """`stage.mala_steps` MALA steps on the free sampled coordinates of the mass and shifts given the images,
         kernels and temperature: the new sampled vector [B, D] and MALA's tuning (as `state.mala`'s, rescaled to
-        `temperature`)."""
+        `temperature`). With `rho` (split Gibbs: the coupling noise of each split image, flux units), the images
+        are the clean copies z and their noisy copies are integrated out (`split.collapsed_log_likelihood`)."""
         space, model, likelihood = self.p.space, self.p.model, self.p.likelihood
         u0, source, lens_light = state.u, state.source, state.lens_light
+        images = {"source": source, "lens_light": lens_light}
 
         def log_prob(free: Tensor) -> tuple[Tensor, Tensor]:
             with torch.enable_grad():
@@ -155,7 +161,11 @@ class GibbsSampler:
                 u = space.embed(free, u0)
                 lp = space.log_prior(u)
                 mass, shifts = space.unpack(u)
-                lp = lp + likelihood.log_prob(model(mass, shifts, source, lens_light, kernels), temperature)
+                if rho:
+                    lp = lp + collapsed_log_likelihood(model, likelihood, mass, shifts, images, rho, kernels,
+                                                       temperature, self.split.covariance)
+                else:
+                    lp = lp + likelihood.log_prob(model(mass, shifts, source, lens_light, kernels), temperature)
                 ok = torch.isfinite(lp)
                 (grad,) = torch.autograd.grad(torch.where(ok, lp, torch.zeros_like(lp)).sum(), free)
             return lp.detach(), grad
@@ -164,6 +174,32 @@ class GibbsSampler:
         chain = kernel.resume(space.free_part(u0), state.mala.at_temperature(temperature))
         chain = kernel.run(chain, stage.mala_steps, gen, adapt=adapt)
         return space.embed(chain.x, u0), chain.tuning(temperature)
+
+    def split_blocks(self, state: SamplerState, kernels: Tensor, stage: Stage, k: int, temperature: float,
+                     gen: torch.Generator) -> None:
+        """The blocks of a split-Gibbs sweep (`split.py`), in place: (mass, shifts) | z with the noisy copies x
+        integrated out, x | z, mass (an exact Gaussian draw, source and lens light jointly), then z | x (each
+        prior's reverse SDE from the coupling's noise level). Images without a prior stay fixed."""
+        r = coupling(stage.rho_at(k), temperature, self.p.noise)
+        kinds = [kind for kind in ("source", "lens_light") if self.p.priors.get(kind) is not None]
+        rho = {kind: r for kind in kinds}
+        state.u, state.mala = self.mass_block(state, kernels, stage, temperature, stage.adapts(k), gen, rho=rho)
+        if not kinds:
+            return
+        mass, shifts = self.p.space.unpack(state.u)
+        ops = {"source": self.p.model.source_operator(mass, shifts, kernels),
+               "lens_light": self.p.model.lens_light_operator(shifts, kernels)}
+        lk = self.p.likelihood
+        rest = torch.zeros_like(lk.data).expand(state.chains, *lk.data.shape)
+        for kind in ("source", "lens_light"):
+            if kind not in kinds:
+                rest = rest + ops[kind](getattr(state, kind))
+        tv = temperature * lk.variance
+        x = gaussian_draw([ops[kind] for kind in kinds], [getattr(state, kind) for kind in kinds],
+                          [rho[kind] for kind in kinds], lk.data, rest, lk.mask / tv, tv.sqrt(), gen,
+                          self.split.cg_tol, self.split.cg_max_iter)
+        for kind, xi in zip(kinds, x, strict=True):
+            setattr(state, kind, denoise(self.p.priors[kind], self.p.flux[kind], xi, rho[kind], stage.sde, gen))
 
     def psf_block(self, state: SamplerState, gen: torch.Generator) -> Tensor:
         """Each chain's new P [B, G, p, p] from the stars; a chain whose draw is not finite keeps its P rather than
@@ -183,9 +219,12 @@ class GibbsSampler:
         if k == 0:
             state.mala = stage_tuning(state.mala)
         before = state.mala
-        state.source = self.image_block("source", state, kernels, stage.sde, temperature, t_start, gen)
-        state.u, state.mala = self.mass_block(state, kernels, stage, temperature, stage.adapts(k), gen)
-        state.lens_light = self.image_block("lens_light", state, kernels, stage.sde, temperature, t_start, gen)
+        if stage.rho is not None:
+            self.split_blocks(state, kernels, stage, k, temperature, gen)
+        else:
+            state.source = self.image_block("source", state, kernels, stage.sde, temperature, t_start, gen)
+            state.u, state.mala = self.mass_block(state, kernels, stage, temperature, stage.adapts(k), gen)
+            state.lens_light = self.image_block("lens_light", state, kernels, stage.sde, temperature, t_start, gen)
         metrics = self.metrics(state, kernels, before, stage, k, temperature)
         if stage.records(k):
             state.records.append(state.record(self.p.space.to_physical(state.u)))

@@ -22,6 +22,7 @@ from ..errors import InputError
 from .config import check_init_from, is_mock, validate_infer_config
 from .figures import make_figures
 from .gibbs import GibbsSampler
+from .split import SplitSettings
 from .parameters import canonical_mass
 from .results import by_chain, diagnostic_warnings, write_samples, write_summary
 from .setup import build_problem
@@ -59,7 +60,8 @@ def infer(cfg: DictConfig, out_dir: str | Path, root: str | Path) -> dict:
     container = OmegaConf.to_container(cfg, resolve=True)
     stages = stages_from_config(container["sampler"])  # a bad stage setting fails before the data are loaded
     problem, data, geometry = build_problem(container, root, device=device, dtype=dtype)
-    sampler = GibbsSampler(problem, mala_step=cfg.sampler.mala.step_size, target_accept=cfg.sampler.mala.target_accept)
+    sampler = GibbsSampler(problem, mala_step=cfg.sampler.mala.step_size, target_accept=cfg.sampler.mala.target_accept,
+                           split=SplitSettings.from_config(OmegaConf.to_container(cfg.sampler.split)))
 
     state_path = out / "state.pt"
     digest = config_hash(cfg)

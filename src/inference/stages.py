@@ -9,7 +9,10 @@ runs `sweeps` sweeps:
 - sde: the image blocks' reverse-SDE settings, `sampler.sde` with this block's values in place (`sde_settings.py`);
   first_t_start: the start time of the stage's first sweep when it differs from `sde.t_start`;
 - mala_steps: MALA steps on the mass and shifts per sweep; burn_in: the first sweeps, where MALA adapts its step
-  sizes (never recorded); record: the last sweeps, kept as posterior samples.
+  sizes (never recorded); record: the last sweeps, kept as posterior samples;
+- rho: null, the images drawn by the reverse posterior SDE given the mass and the mass given the images; or
+  [first sweep, last sweep] (geometric; a number: constant), split Gibbs (`split.py`) with coupling noise rho
+  times the tempered data noise, the mass updated with the images integrated out.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Stage:
     mala_steps: int = 10
     burn_in: int = 0
     record: int = 0
+    rho: tuple[float, float] | None = None
 
     def __post_init__(self):
         where = f"sampler.stages.{self.name}"
@@ -58,6 +62,13 @@ class Stage:
         if len(self.temperature) != 2 or not min(self.temperature) >= 1.0:
             raise InputError(f"{where}.temperature: temperatures must be >= 1 (1 is the true likelihood), got "
                              f"{list(self.temperature)}")
+        if self.rho is not None and (len(self.rho) != 2 or not min(self.rho) > 0):
+            raise InputError(f"{where}.rho: the coupling noise must be > 0 (a number or [first, last]) or null, got "
+                             f"{list(self.rho)}")
+        if self.rho is not None and self.sde.predictor == "heun":
+            raise InputError(f"{where}.sde.predictor: split Gibbs draws the images by the prior's reverse SDE from "
+                             f"the coupling's noise, which the deterministic heun cannot do; use euler_maruyama or "
+                             f"reverse_diffusion")
         if first is not None and not self.sde.t_min < first <= 1:
             raise InputError(f"{where}.first_t_start must be in (t_min, 1] = ({self.sde.t_min}, 1], got {first}")
 
@@ -74,21 +85,27 @@ class Stage:
             raise InputError(f"{where}: missing {missing}; a stage gives its sweeps and temperature (to change a stage "
                              f"of conf/sampler/, spell its name as there)")
         cfg["sde"] = (sde or SDESettings()).override(cfg.get("sde"), f"{where}.sde")
-        t = cfg["temperature"]
         try:
-            pair = [t, t] if not isinstance(t, list | tuple) else list(t)
-            cfg["temperature"] = tuple(as_float("temperature", v) for v in pair)
+            for key in ("temperature", "rho"):
+                t = cfg.get(key)
+                if t is None:
+                    continue
+                pair = [t, t] if not isinstance(t, list | tuple) else list(t)
+                cfg[key] = tuple(as_float(key, v) for v in pair)
         except SettingError as e:
             raise InputError(f"{where}.{e.key} {e.reason}") from None
         return cls(name=str(name), **cfg)
 
     def temperature_at(self, k: int) -> float:
         """Temperature of sweep k: geometric from temperature[0] to temperature[1] over the stage's sweeps."""
-        t0, t1 = self.temperature
-        if self.sweeps == 1:
-            return t1
-        f = k / (self.sweeps - 1)
-        return math.exp((1 - f) * math.log(t0) + f * math.log(t1))
+        return _geometric(self.temperature, k, self.sweeps)
+
+    def rho_at(self, k: int) -> float | None:
+        """Coupling noise of split Gibbs in sweep k (multiples of the tempered data noise), geometric from rho[0]
+        to rho[1]; None when the stage does not split."""
+        if self.rho is None:
+            return None
+        return _geometric(self.rho, k, self.sweeps)
 
     def t_start_at(self, k: int) -> float:
         """Diffusion time the image draws of sweep k start at."""
@@ -101,6 +118,15 @@ class Stage:
     def records(self, k: int) -> bool:
         """Whether sweep k is kept as a posterior sample."""
         return k >= self.sweeps - self.record
+
+
+def _geometric(pair: tuple[float, float], k: int, n: int) -> float:
+    """Value at step k of n, geometric from pair[0] (k = 0) to pair[1] (k = n - 1)."""
+    a, b = pair
+    if n == 1:
+        return b
+    f = k / (n - 1)
+    return math.exp((1 - f) * math.log(a) + f * math.log(b))
 
 
 def stages_from_config(sampler: Mapping) -> list[Stage]:

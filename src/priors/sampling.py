@@ -35,6 +35,7 @@ def sample_reverse_sde(
     t_min: float = 1e-5,
     t_start: float = 1.0,
     x_start: Tensor | None = None,
+    start_noised: bool = False,
     denoise: bool = True,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
@@ -55,6 +56,7 @@ def sample_reverse_sde(
         t_start: initial time; with `x_start` given, x_start is re-noised to sigma(t_start) (a partial chain),
             otherwise the chain starts from N(0, sigma_max^2) and t_start must be 1.
         x_start: optional state [B, ...] to re-noise and start from.
+        start_noised: x_start is already a state at t_start (noise sigma(t_start) in it): start from it as it is.
         denoise: finish with the Tweedie step x + sigma(t_min)^2 score(x, t_min).
         generator: source of randomness (same generator state gives the same samples).
         progress: optional callback `progress(step, steps)` called after each step.
@@ -64,7 +66,12 @@ def sample_reverse_sde(
     """
     schedule = ReverseSchedule(t_start, t_min, steps)
     predict = predictor_step(predictor)
-    x = schedule.start(sde, shape, x_start, generator, device, dtype)
+    if start_noised and x_start is not None:
+        if tuple(x_start.shape) != tuple(shape):
+            raise ValueError(f"x_start has shape {tuple(x_start.shape)}, expected {tuple(shape)}")
+        x = x_start
+    else:
+        x = schedule.start(sde, shape, x_start, generator, device, dtype)
     batch = shape[0]
     for times in schedule.walk(batch, x.dtype, x.device):
         x = predict(score_fn, sde, x, times, generator)
