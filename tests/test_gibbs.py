@@ -367,3 +367,80 @@ def test_psf_step_draws_each_chains_psfs_at_start_and_every_nth_sweep():
     # check is on the star's pixels): chi^2 per pixel of order 1, against ~550 for P = 0
     assert p.psf_model.reduced_chi2(state.psf).max() < 3
     assert p.psf_model.reduced_chi2(torch.zeros_like(state.psf)).min() > 100
+
+
+BRANCHING = {  # the anneal stage records 2 sweeps, and fine-tuning starts one chain from each of them
+    "sde": SAMPLER["sde"],
+    "stages": dict(
+        init=dict(STAGES["init"]),
+        anneal=dict(STAGES["anneal"], record=2),
+        finetune=dict(STAGES["finetune"], branch=True),
+    ),
+}
+
+
+def test_finetuning_branches_from_every_recorded_annealed_sample():
+    sampler, init = build()
+    stages = stages_from_config(BRANCHING)
+    state = sampler.initial_state(init, 3, seed=5)
+    branched = {}
+    original = sampler.branch
+
+    def spy(st):
+        branched["records"] = [(r.v.clone(), r.source.clone()) for r in st.records]
+        branched["step"] = st.mala.step.clone()
+        out = original(st)
+        branched["u"], branched["source"] = out.u.clone(), out.source.clone()
+        return out
+
+    sampler.branch = spy
+    state = sampler.run(state, stages)
+    # 3 chains x 2 annealed records -> 6 chains, record j of chain b at j * 3 + b
+    assert state.chains == 6 and len(branched["records"]) == 2
+    v = torch.cat([r for r, _ in branched["records"]])
+    torch.testing.assert_close(sampler.p.space.to_physical(branched["u"]), v, rtol=0, atol=1e-12)
+    torch.testing.assert_close(branched["source"], torch.cat([s for _, s in branched["records"]]), rtol=0, atol=0)
+    # the branch points are not samples: only the fine-tuning's recorded sweeps are, each of all 6 chains
+    assert len(state.records) == STAGES["finetune"]["record"]
+    assert all(r.v.shape[0] == 6 for r in state.records)
+    assert state.mala.step.shape == (6,)
+
+
+def test_resume_before_the_first_branched_sweep_branches_again_identically():
+    sampler, init = build()
+    stages = stages_from_config(BRANCHING)
+    reference = sampler.run(sampler.initial_state(init, 2, seed=7), stages)
+    n_before = sum(s.sweeps for s in stages[:2]) + 2  # saves: one per sweep and one at each stage's end
+    saved = {}
+
+    class Killed(Exception):
+        pass
+
+    def save(state, limit=[n_before]):  # noqa: B006 - a counter shared across calls
+        buf = io.BytesIO()
+        torch.save(state.state_dict(), buf)
+        saved["bytes"] = buf.getvalue()
+        limit[0] -= 1
+        if limit[0] == 0:
+            raise Killed
+
+    sampler, _ = build()
+    with pytest.raises(Killed):
+        sampler.run(sampler.initial_state(init, 2, seed=7), stages, save=save)
+    state = SamplerState.from_state_dict(torch.load(io.BytesIO(saved["bytes"]), weights_only=True))
+    assert (state.stage, state.sweep, state.chains, len(state.records)) == (2, 0, 2, 2)  # killed at the branch
+    sampler, _ = build()
+    state = sampler.run(state, stages)
+    torch.testing.assert_close(state.u, reference.u, rtol=0, atol=0)
+    assert all(torch.equal(r.v, q.v) for r, q in zip(state.records, reference.records, strict=True))
+
+
+@pytest.mark.parametrize("stages, match", [
+    (dict(a=dict(sweeps=2, temperature=1, record=1, branch=True)), "first stage"),
+    (dict(a=dict(sweeps=2, temperature=1), b=dict(sweeps=2, temperature=1, branch=True)), "a.record is 0"),
+    (dict(a=dict(sweeps=2, temperature=1, record=1), b=dict(sweeps=2, temperature=1, record=1),
+          c=dict(sweeps=2, temperature=1, branch=True)), "before the branch points"),
+])
+def test_branching_needs_branch_points(stages, match):
+    with pytest.raises(InputError, match=match):
+        stages_from_config({"stages": stages})

@@ -249,12 +249,31 @@ class GibbsSampler:
             metrics["psf_chi2"] = float(self.p.psf_model.reduced_chi2(state.psf).mean())
         return metrics
 
+    def branch(self, state: SamplerState) -> SamplerState:
+        """The state with one chain per recorded sweep of every chain, K B chains (record j of chain b at j B + b),
+        each starting from its record's mass, shifts, images and P, with its chain's MALA step sizes; the records,
+        branch points now, are cleared. The generator carries on (branching draws nothing)."""
+        records = state.records
+        k = len(records)
+        if k == 0:
+            raise InputError("a branching stage found no recorded sweeps to branch from")
+        cat = lambda name: torch.cat([getattr(r, name) for r in records])  # noqa: E731
+        state.u = self.p.space.to_sampled(cat("v"))
+        state.source, state.lens_light = cat("source"), cat("lens_light")
+        state.psf = None if records[0].psf is None else cat("psf")
+        state.mala = state.mala.repeat(k)
+        state.records = []
+        return state
+
     def run(self, state: SamplerState, stages: list[Stage], save: Callable[[SamplerState], None] | None = None,
             on_sweep: Callable[[Stage, int, dict], None] | None = None) -> SamplerState:
         """Continue from `state` (its stage and sweep counters) to the end of the last stage, calling
-        `save(state)` after every sweep."""
+        `save(state)` after every sweep. A branching stage (`Stage.branch`) first turns the records into chains
+        (`branch`); a run killed before that stage's first sweep is saved branches again from the same records."""
         while state.stage < len(stages):
             stage = stages[state.stage]
+            if stage.branch and state.sweep == 0:
+                state = self.branch(state)
             while state.sweep < stage.sweeps:
                 k = state.sweep
                 last = state.stage == len(stages) - 1 and k == stage.sweeps - 1

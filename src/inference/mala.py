@@ -90,6 +90,13 @@ class MALATuning:
             step = step * math.sqrt(temperature / self.temperature)
         return replace(self, step=step, temperature=float(temperature))
 
+    def repeat(self, k: int) -> MALATuning:
+        """The tuning of k copies of the chains, copy-major ([k B]: copy j of chain b at j B + b), as when every
+        chain branches into k (`GibbsSampler.branch`)."""
+        rep = lambda t: t.repeat(k)  # noqa: E731
+        return replace(self, step=rep(self.step), accepted=rep(self.accepted), proposed=rep(self.proposed),
+                       nonfinite=rep(self.nonfinite))
+
     def state_dict(self) -> dict:
         """Plain tensors and numbers (`torch.load(weights_only=True)` reads them)."""
         return {"step": self.step, "accepted": self.accepted, "proposed": self.proposed, "nonfinite": self.nonfinite,

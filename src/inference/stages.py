@@ -10,6 +10,9 @@ runs `sweeps` sweeps:
   first_t_start: the start time of the stage's first sweep when it differs from `sde.t_start`;
 - mala_steps: MALA steps on the mass and shifts per sweep; burn_in: the first sweeps, where MALA adapts its step
   sizes (never recorded); record: the last sweeps, kept as posterior samples;
+- branch: true starts the stage with one chain from each recorded sweep of every chain of the previous stage
+  (B x record chains; the paper's fine-tuning of every annealed sample): those records are the branch points,
+  not posterior samples;
 - rho: null, the images drawn by the reverse posterior SDE given the mass and the mass given the images; or
   [first sweep, last sweep] (geometric; a number: constant), split Gibbs (`split.py`) with coupling noise rho
   times the tempered data noise, the mass updated with the images integrated out.
@@ -42,6 +45,7 @@ class Stage:
     burn_in: int = 0
     record: int = 0
     rho: tuple[float, float] | None = None
+    branch: bool = False
 
     def __post_init__(self):
         where = f"sampler.stages.{self.name}"
@@ -140,4 +144,24 @@ def stages_from_config(sampler: Mapping) -> list[Stage]:
     out = [Stage.from_config(name, cfg, shared) for name, cfg in stages.items() if cfg is not None]
     if not out:
         raise InputError("sampler.stages: no stage to run")
+    check_branches(out)
     return out
+
+
+def check_branches(stages: list[Stage]) -> None:
+    """A branching stage needs branch points: the stage before it records (record > 0), and no earlier stage does
+    (the branched chains' records would not line up with theirs)."""
+    for i, stage in enumerate(stages):
+        if not isinstance(stage.branch, bool):
+            raise InputError(f"sampler.stages.{stage.name}.branch must be true or false, got {stage.branch!r}")
+        if not stage.branch:
+            continue
+        if i == 0 or stages[i - 1].record == 0:
+            before = "it is the first stage" if i == 0 else f"sampler.stages.{stages[i - 1].name}.record is 0"
+            raise InputError(f"sampler.stages.{stage.name}.branch: the stage branches from the previous stage's "
+                             f"recorded sweeps, but {before}; give the previous stage a record > 0 or set branch: "
+                             f"false")
+        early = [s.name for s in stages[: i - 1] if s.record]
+        if early:
+            raise InputError(f"sampler.stages.{stage.name}.branch: stages {early} before the branch points record "
+                             f"samples of fewer chains; set their record to 0")
