@@ -90,26 +90,33 @@ def test_recovers_the_einstein_radius(finished):
     assert seen[-1][2]["chi2"][0] < seen[0][2]["chi2"][0]
 
 
+class Killed(Exception):
+    """Stands for a kill of the process right after a save."""
+
+
+def run_until_killed(sampler, state, stages, saves):
+    """Run, saving the state (in memory, as `SamplerState.save` would write it) after every sweep, and stop by
+    `Killed` after `saves` saves; returns the last saved state, loaded back."""
+    saved = {}
+
+    def save(st, left=[saves]):  # noqa: B006 - a counter shared across calls
+        buf = io.BytesIO()
+        torch.save(st.state_dict(), buf)
+        saved["bytes"] = buf.getvalue()
+        left[0] -= 1
+        if left[0] == 0:
+            raise Killed
+
+    with pytest.raises(Killed):
+        sampler.run(state, stages, save=save)
+    return SamplerState.from_state_dict(torch.load(io.BytesIO(saved["bytes"]), weights_only=True))
+
+
 def test_resumed_run_equals_uninterrupted(finished):
     _, reference, _ = finished
     sampler, init = build()
     stages = stages_from_config(SAMPLER)
-    saved = {}
-
-    class Killed(Exception):
-        pass
-
-    def save(state, limit=[6]):  # noqa: B006 - a counter shared across calls
-        buf = io.BytesIO()
-        torch.save(state.state_dict(), buf)
-        saved["bytes"] = buf.getvalue()
-        limit[0] -= 1
-        if limit[0] == 0:
-            raise Killed
-
-    with pytest.raises(Killed):
-        sampler.run(sampler.initial_state(init, 6, seed=3), stages, save=save)
-    state = SamplerState.from_state_dict(torch.load(io.BytesIO(saved["bytes"]), weights_only=True))
+    state = run_until_killed(sampler, sampler.initial_state(init, 6, seed=3), stages, 6)
     sampler, _ = build()
     state = sampler.run(state, stages)
     torch.testing.assert_close(state.u, reference.u, rtol=0, atol=0)
@@ -411,23 +418,8 @@ def test_resume_before_the_first_branched_sweep_branches_again_identically():
     stages = stages_from_config(BRANCHING)
     reference = sampler.run(sampler.initial_state(init, 2, seed=7), stages)
     n_before = sum(s.sweeps for s in stages[:2]) + 2  # saves: one per sweep and one at each stage's end
-    saved = {}
-
-    class Killed(Exception):
-        pass
-
-    def save(state, limit=[n_before]):  # noqa: B006 - a counter shared across calls
-        buf = io.BytesIO()
-        torch.save(state.state_dict(), buf)
-        saved["bytes"] = buf.getvalue()
-        limit[0] -= 1
-        if limit[0] == 0:
-            raise Killed
-
     sampler, _ = build()
-    with pytest.raises(Killed):
-        sampler.run(sampler.initial_state(init, 2, seed=7), stages, save=save)
-    state = SamplerState.from_state_dict(torch.load(io.BytesIO(saved["bytes"]), weights_only=True))
+    state = run_until_killed(sampler, sampler.initial_state(init, 2, seed=7), stages, n_before)
     assert (state.stage, state.sweep, state.chains, len(state.records)) == (2, 0, 2, 2)  # killed at the branch
     sampler, _ = build()
     state = sampler.run(state, stages)

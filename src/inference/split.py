@@ -112,8 +112,9 @@ def collapsed_log_likelihood(model: ForwardModel, likelihood: GaussianLikelihood
     """
     if covariance not in COLLAPSED_COVARIANCES:
         raise InputError(f"sampler.split.covariance must be one of {COLLAPSED_COVARIANCES}, got {covariance!r}")
-    mean = model(mass, shifts, images["source"], images["lens_light"], kernels)
+    # the mean through the same operators as the covariance: one ray trace per evaluation, not two
     ops = differentiable_operators(model, mass, shifts, kernels)
+    mean = ops["source"](images["source"]) + ops["lens_light"](images["lens_light"])
     lk = likelihood
     tv = temperature * lk.variance
     if covariance == "rowsum":
