@@ -132,7 +132,8 @@ def test_smoke_run_from_relative_paths_writes_the_usual_outputs(tmp_path):
     # the files are named relative to the run's folder; the smoke's mock block (the mock's sizes) is ignored; its
     # last stage alone (2 sweeps, not branching: the stage it would branch from is left out) keeps the test short
     args = [*overrides(), "experiment=infer_smoke", "~sampler.stages.init", "~sampler.stages.anneal",
-            "sampler.stages.finetune.branch=false", f"priors.source.path={s}", f"priors.lens_light.path={lt}", "wandb.enabled=false"]
+            "sampler.stages.finetune.branch=false", f"priors.source.path={s}", f"priors.lens_light.path={lt}",
+            "wandb.enabled=false"]
     proc = run_infer(args, tmp_path)
     (out,) = (tmp_path / "logs" / "infer" / "fits").iterdir()
     with (out / "summary.csv").open() as fh:

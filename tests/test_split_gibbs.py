@@ -8,7 +8,6 @@ independently of the sampler's own operators.
 """
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,9 +18,9 @@ from scorelens.inference.gibbs import GibbsSampler, Problem
 from scorelens.inference.likelihood import GaussianLikelihood
 from scorelens.inference.parameters import ParameterSpace
 from scorelens.inference.posterior_sde import FluxMap
+from scorelens.inference.sde_settings import SDESettings
 from scorelens.inference.split import SplitSettings, collapsed_log_likelihood, denoise
 from scorelens.inference.stages import Stage
-from scorelens.inference.sde_settings import SDESettings
 from scorelens.lensing.forward import ForwardModel
 from scorelens.lensing.grid import ExposureGrid, PixelGrid
 from scorelens.priors.sde import VESDE
@@ -217,8 +216,9 @@ def conditional_images(toy, thetas, rho, g):
 
 def run_chains(toy, rho_multiple, sweeps, burn, chains, seed, steps=100, predictor="reverse_diffusion"):
     sampler = GibbsSampler(toy.problem, mala_step=1.0, split=SplitSettings(covariance="exact", cg_tol=1e-10))
-    stage = Stage("toy", sweeps=sweeps, temperature=(1.0, 1.0), sde=SDESettings(steps=steps, t_min=1e-4, predictor=predictor),
-                  mala_steps=4, burn_in=burn, record=sweeps - burn, rho=(rho_multiple, rho_multiple))
+    stage = Stage("toy", sweeps=sweeps, temperature=(1.0, 1.0),
+                  sde=SDESettings(steps=steps, t_min=1e-4, predictor=predictor), mala_steps=4, burn_in=burn,
+                  record=sweeps - burn, rho=(rho_multiple, rho_multiple))
     g = torch.Generator().manual_seed(seed)
     _, _, thetas, w = toy.moments(rho=rho_multiple * NOISE)
     # each chain starts at a draw of the target: theta_E from the grid posterior, the images from their exact

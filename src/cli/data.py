@@ -5,6 +5,7 @@
     scorelens-data psfs convert INPUT OUTPUT.h5 [options] [key=value ...]      PSF libraries -> PSF training stack
     scorelens-data mast LENS [--data-dir data] [--kind flt|flc] [key=value ...]   a lens's exposures from MAST
     scorelens-data mock OUT_DIR [--seed N] [--overwrite]                          a simulated lens with known truth
+    scorelens-data coadd-mock OUT_DIR --galaxies FILE.. --psf FILE [--seed N]     the same as one co-add, by lenstronomy
     scorelens-data catalog CSV OUT_DIR                                           lens configs from the SLACS catalogue
 
 Defaults come from the composed Hydra configs, as `train.py` and `infer.py` compose them (`prior=source`'s
@@ -81,6 +82,20 @@ def _mock(args) -> None:
     log.info("exposures: %s", ", ".join(p.name for p in paths.exposures))
 
 
+def _coadd_mock(args) -> None:
+    from ..data.simulate.lenstronomy_coadd import CoaddMockSettings, make_coadd_mock, read_galaxies, read_psf
+
+    try:
+        import lenstronomy  # noqa: F401
+    except ImportError:
+        raise InputError("coadd-mock renders with lenstronomy: pip install lenstronomy (or scorelens[dev])") from None
+    settings = CoaddMockSettings(pixel_scale=args.pixel_scale, size=args.size)
+    root = make_coadd_mock(args.out_dir, args.seed, read_galaxies(args.galaxies), read_psf(args.psf), settings)
+    log.info("wrote %s: run it with  python infer.py lens=fits lens.image=%s lens.noise_map=%s lens.psf=%s "
+             "lens.pixel_scale=%s", root, root / "image.fits", root / "noise_map.fits", root / "psf.fits",
+             args.pixel_scale)
+
+
 def _catalog(args) -> None:
     from ..data.catalog import write_lens_configs
 
@@ -142,6 +157,17 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("out_dir", help="directory for the mock's files")
     k.add_argument("--seed", type=int, help="random seed (default: the mock's default seed)")
     k.add_argument("--overwrite", action="store_true", help="replace a different mock in OUT_DIR")
+
+    c = sub.add_parser("coadd-mock", help="a co-added mock lens rendered by lenstronomy (lens=fits reads it): "
+                       "image.fits, noise_map.fits, psf.fits, truth.json")
+    c.set_defaults(run=_coadd_mock)
+    c.add_argument("out_dir", help="directory for the mock's files")
+    c.add_argument("--galaxies", nargs="+", required=True,
+                   help="FITS files of galaxy stamps (every image HDU) or HDF5 files with `images`: the source")
+    c.add_argument("--psf", required=True, help="FITS image of the PSF at the co-add's pixel scale")
+    c.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    c.add_argument("--size", type=int, default=100, help="pixels per side (default 100)")
+    c.add_argument("--pixel-scale", type=float, default=0.05, help="arcsec per pixel (default 0.05)")
 
     t = sub.add_parser("catalog", help="write conf/lens/*.yaml from the SLACS catalogue CSV")
     t.set_defaults(run=_catalog)

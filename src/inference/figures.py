@@ -18,6 +18,7 @@ import torch  # noqa: E402
 from astropy.cosmology import FlatLambdaCDM  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
+from ..atomic import atomic_write  # noqa: E402
 from ..lensing.critical import caustics, critical_curves  # noqa: E402
 from ..lensing.mass import PARAM_NAMES  # noqa: E402
 
@@ -29,8 +30,9 @@ LABELS = {"theta_E": r"$\theta_E$", "gamma": r"$t$", "q": "$q$", "phi": r"$\varp
 
 
 def _save(fig, out: Path, name: str) -> None:
-    for ext in ("png", "pdf"):
-        fig.savefig(out / f"{name}.{ext}", dpi=130, bbox_inches="tight")
+    for ext in ("png", "pdf"):  # atomically: a kill mid-write leaves the previous figure, never a broken one
+        atomic_write(out / f"{name}.{ext}", lambda tmp, e=ext: fig.savefig(tmp, format=e, dpi=130,
+                                                                            bbox_inches="tight"))
     plt.close(fig)
 
 

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..lensing.forward import ForwardModel
+from .gaussian_draw import gaussian_draw
 from .likelihood import GaussianLikelihood
 from .mala import MALA, MALATuning
 from .parameters import ParameterSpace
@@ -40,7 +41,6 @@ from .posterior_sde import FluxMap, sample_component
 from .psf.step import PSFModel
 from .sde_settings import SDESettings
 from .split import SplitSettings, collapsed_log_likelihood, coupling, denoise
-from .gaussian_draw import gaussian_draw
 from .stages import Stage
 from .state import SamplerState
 

@@ -1,8 +1,9 @@
 """The inference job behind `python infer.py lens=NAME`: build, sample (resumably), write results and figures.
 
 The sampler state is written to `<run dir>/state.pt` atomically after every Gibbs sweep; running the same command
-again continues from it (the config must be the same: its hash is stored with the state). `resume=false` refuses
-to touch a run folder that already holds a state.
+again continues from it, if the folder's recorded identity (settings, input files' contents, code version:
+`run_folder.py`) is the same; a run made from other inputs is never resumed. `resume=false` writes a new folder
+beside one that holds a run. One run at a time holds a folder (a lock), and every output is written atomically.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..atomic import atomic_write_text
 from ..errors import InputError
 from .config import check_init_from, is_mock, validate_infer_config
 from .figures import make_figures
 from .gibbs import GibbsSampler
-from .split import SplitSettings
 from .parameters import canonical_mass
 from .results import by_chain, diagnostic_warnings, write_samples, write_summary
+from .run_folder import check_resume, fresh_folder, holds_run, identity, read_record, run_lock, write_record
 from .setup import build_problem
+from .split import SplitSettings
 from .stages import stages_from_config
 from .state import Record, SamplerState
 from .tracking import SweepTracker
@@ -50,32 +53,50 @@ def _device(cfg) -> torch.device:
 
 
 def infer(cfg: DictConfig, out_dir: str | Path, root: str | Path) -> dict:
-    """Run the whole inference into `out_dir`; returns a summary dict."""
+    """Run the whole inference into `out_dir` (or, with resume=false where it holds a run, a new folder beside it);
+    returns a summary dict."""
     validate_infer_config(cfg)  # unknown keys and wrong types fail here, in one line, before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    stages = stages_from_config(OmegaConf.to_container(cfg.sampler, resolve=True))  # before the data are loaded
+    if str(cfg.get("resume", "auto")).lower() in ("false", "no", "never") and holds_run(out):
+        new = fresh_folder(out)
+        log.info("%s holds a run and resume=false: this run writes to %s", out, new)
+        _log_to(new)
+        out = new
+    with run_lock(out):
+        return _infer_locked(cfg, out, root, stages)
+
+
+def _log_to(out: Path) -> None:
+    """Copy the log to `<out>/infer.log` too (a run moved to a new folder after Hydra set up its log file)."""
+    handler = logging.FileHandler(out / "infer.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
+def _infer_locked(cfg: DictConfig, out: Path, root: str | Path, stages) -> dict:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     device = _device(cfg)
     dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.sampler.dtype]
     container = OmegaConf.to_container(cfg, resolve=True)
-    stages = stages_from_config(container["sampler"])  # a bad stage setting fails before the data are loaded
     problem, data, geometry = build_problem(container, root, device=device, dtype=dtype)
     sampler = GibbsSampler(problem, mala_step=cfg.sampler.mala.step_size, target_accept=cfg.sampler.mala.target_accept,
                            split=SplitSettings.from_config(OmegaConf.to_container(cfg.sampler.split)))
 
     state_path = out / "state.pt"
-    digest = config_hash(cfg)
+    ident = identity(container, root)
     if state_path.exists():
-        if str(cfg.get("resume", "auto")).lower() in ("false", "no", "never"):
-            raise InputError(f"{state_path} exists and resume=false; choose another run folder or remove it")
+        check_resume(out, ident)
         state = SamplerState.load(state_path, device)
-        if state.config_hash != digest:
+        if read_record(out) is None and state.config_hash != config_hash(cfg):  # a folder without run.json
             raise InputError(f"{state_path} was written with other sampling settings; use a new run folder (another "
                              "lens of the same lens.name? give it its own lens.name)")
         log.info("resuming %s at stage %d, sweep %d", state_path, state.stage, state.sweep)
     else:
         state = initial_state(sampler, problem, geometry, container)
-        state.config_hash = digest
+        state.config_hash = config_hash(cfg)
+        write_record(out, ident, container)
 
     total = sum(s.sweeps for s in stages)
     done = sum(s.sweeps for s in stages[: state.stage]) + state.sweep
@@ -131,10 +152,8 @@ def write_outputs(sampler: GibbsSampler, state: SamplerState, data, geometry, ou
     parts = mean_components(sampler, v, images["source"], images["lens_light"], kernels)
     with torch.no_grad():
         chi2 = sampler.p.likelihood.reduced_chi2((parts["source"] + parts["lens_light"])[None])[0].cpu().numpy()
-    with (out / "chi2.csv").open("w") as f:
-        f.write("exposure,reduced_chi2\n")
-        for e, c in zip(data.exposures, chi2, strict=True):
-            f.write(f"{e.name},{c:.4f}\n")
+    atomic_write_text(out / "chi2.csv", "exposure,reduced_chi2\n" + "".join(
+        f"{e.name},{c:.4f}\n" for e, c in zip(data.exposures, chi2, strict=True)))
     summary = {"reduced_chi2": chi2.tolist(), "n_samples": int(v.shape[0]),
                "theta_E_median": float(np.median(params["theta_E"])), "warnings": warnings}
     truth = write_truth(cfg, out)
@@ -242,6 +261,6 @@ def write_truth(cfg: dict, out: Path) -> dict | None:
         return None
     truth = _mock_truth(cfg)
     mass = canonical_mass(truth["mass"])
-    (out / "truth.json").write_text(json.dumps({"mass": mass, "shifts": truth.get("shifts"),
-                                                "catalog": truth.get("catalog")}, indent=2))
+    atomic_write_text(out / "truth.json", json.dumps({"mass": mass, "shifts": truth.get("shifts"),
+                                                      "catalog": truth.get("catalog")}, indent=2))
     return mass

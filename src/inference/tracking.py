@@ -11,6 +11,8 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..atomic import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -28,7 +30,7 @@ class SweepTracker:
 
         id_file = Path(out) / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
-        id_file.write_text(run_id)
+        atomic_write_text(id_file, run_id)
         self.run = wandb.init(project=cfg.get("project", "scorelens"), entity=cfg.get("entity"),
                               group=cfg.get("group"), tags=list(cfg.get("tags") or []), job_type="infer",
                               name=name, dir=str(out), config=config, id=run_id, resume="allow",

@@ -1,0 +1,108 @@
+"""Run folders: one run at a time (the lock), the identity a resume is checked against, atomic figures."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import matplotlib
+import pytest
+
+from scorelens.errors import InputError
+from scorelens.inference.run_folder import check_resume, differences, fresh_folder, identity, run_lock, write_record
+
+matplotlib.use("Agg")
+
+
+def config(tmp_path, **lens):
+    return {"paths": {"data_dir": str(tmp_path)}, "seed": 1,
+            "lens": {"name": "x", "image": "img.fits", "noise_map": "noise.fits", "pixel_scale": 0.05, **lens},
+            "sampler": {"chains": 4, "device": "cpu"},
+            "priors": {"source": {"path": str(tmp_path / "s.pt")}}}
+
+
+@pytest.fixture()
+def files(tmp_path):
+    for name, text in (("img.fits", "image"), ("noise.fits", "noise"), ("s.pt", "prior")):
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def test_a_second_run_into_a_locked_folder_is_refused_at_once(tmp_path):
+    with run_lock(tmp_path):
+        with pytest.raises(InputError, match=rf"in use by pid {os.getpid()} on "):
+            with run_lock(tmp_path):
+                pass
+    with run_lock(tmp_path):  # released
+        pass
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    code = ("import sys, time; from pathlib import Path; from scorelens.inference.run_folder import run_lock\n"
+            "with run_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(InputError, match=f"in use by pid {proc.pid}"):
+            with run_lock(tmp_path):
+                pass
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with run_lock(tmp_path):
+        pass
+
+
+def test_identity_follows_file_contents_not_paths_or_devices(files):
+    base = identity(config(files), files)
+    assert set(base["inputs"]) == {"lens.image", "lens.noise_map", "priors.source.path"}
+    # the same contents elsewhere, another device: the same run
+    (files / "copy").mkdir()
+    (files / "copy" / "img.fits").write_text("image")
+    moved = config(files, image="copy/img.fits")
+    moved["sampler"]["device"] = "cuda"
+    assert differences(base, identity(moved, files)) == []
+    # changed contents, another setting: named
+    (files / "noise.fits").write_text("other noise")
+    other = config(files)
+    other["sampler"]["chains"] = 8
+    diff = differences(base, identity(other, files))
+    assert diff == ["settings sampler.chains", "the contents of lens.noise_map"]
+
+
+def test_a_run_made_from_other_inputs_is_not_resumed(files):
+    out = files / "run"
+    out.mkdir()
+    write_record(out, identity(config(files), files), config(files))
+    assert (out / "config.yaml").read_text().startswith("paths:")
+    check_resume(out, identity(config(files), files))  # same: fine
+    (files / "img.fits").write_text("new image")
+    with pytest.raises(InputError, match=r"other inputs: the contents of lens.image changed since.*resume=false"):
+        check_resume(out, identity(config(files), files))
+
+
+def test_fresh_folder_is_the_first_free_sibling(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (tmp_path / "run_2").mkdir()
+    assert fresh_folder(out) == tmp_path / "run_3" and (tmp_path / "run_3").is_dir()
+
+
+def test_a_figure_that_fails_half_way_leaves_the_previous_one(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from scorelens.inference.figures import _save
+
+    (tmp_path / "source.png").write_bytes(b"the earlier figure")
+    fig = plt.figure()
+
+    def broken(path, **kw):
+        with open(path, "wb") as f:
+            f.write(b"half a PNG")
+        raise KeyboardInterrupt  # as if killed mid-write
+
+    fig.savefig = broken
+    with pytest.raises(KeyboardInterrupt):
+        _save(fig, tmp_path, "source")
+    assert (tmp_path / "source.png").read_bytes() == b"the earlier figure"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["source.png"]  # no temporary file left
