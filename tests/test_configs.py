@@ -84,6 +84,7 @@ EXPERIMENTS = {
     "demo_psf": ("train", ["prior=psf_sim"]),
     "demo": ("infer", ["lens=mock"]),
     "infer_smoke": ("infer", ["lens=mock"]),
+    "calibration": ("infer", ["lens=mock"]),
 }
 
 

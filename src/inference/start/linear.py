@@ -34,12 +34,12 @@ def linear_fit(columns: Tensor, data: Tensor, weight: Tensor, prior_sd: Tensor) 
     prior_sd: [K] prior standard deviation of each amplitude (data units). Returned in the columns' dtype.
     """
     # whitened by the noise and by the prior (columns c' = s_k sqrt(w) c_k), the matrix to factor is G + I with
-    # eigenvalues >= 1: G can then be formed in the columns' dtype (the costly part; float32 is accurate enough
-    # at the whitened scale) and factored in float64
-    root_w = weight.sqrt()
-    white = columns * root_w * prior_sd[:, None].to(columns)
-    gram = (white @ white.transpose(-1, -2)).double()           # [B, K, K]
-    rhs = (white @ (root_w * data)).double()                    # [B, K]
+    # eigenvalues >= 1. G is formed in float64: with many overlapping blobs and bright data its entries reach
+    # 1e10 and more, and float32's rounding of them would swamp the I that makes G + I positive definite
+    root_w = weight.sqrt().double()
+    white = columns.double() * root_w * prior_sd[:, None].double()
+    gram = white @ white.transpose(-1, -2)                      # [B, K, K]
+    rhs = white @ (root_w * data.double())                      # [B, K]
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
     chol, info = torch.linalg.cholesky_ex(gram + eye)
     amp_w = torch.cholesky_solve(rhs[..., None], chol)[..., 0]
