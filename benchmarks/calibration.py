@@ -64,6 +64,7 @@ GALAXIES = ("source_galaxies/cosmos_paltax_test/cosmos_catalog_test.h5",
             "source_galaxies/cosmos_paltas_test/real_galaxy_images_23.5_n1.fits")
 PSF = "psf/tinytim_ACS_WFC_F814W_slacs_match.fits"  # 0.0495"/pixel, taken as the co-add's 0.05"
 PSF_HALF = 20  # pixels each side of the peak kept
+COADD_SEED_OFFSET = 1000
 
 
 # ------------------------------------------------------------------------------------------------- mocks
@@ -81,11 +82,13 @@ def shared_inputs(shared: Path):
 def jobs(n_flt: int, n_coadd: int, first_seed: int) -> list[dict]:
     out = [{"name": f"flt_s{s}", "family": "flt", "seed": s, "start": "catalog" if s % 2 else "auto"}
            for s in range(first_seed, first_seed + n_flt)]
+    # the co-adds' seeds are offset: both families draw their masses from the same generator, and equal seeds
+    # would give them the same q, orientation and slope
     coadd = [{"name": f"coadd_s{s}", "family": "coadd", "seed": s, "start": "auto"}
-             for s in range(first_seed, first_seed + n_coadd)]
+             for s in range(COADD_SEED_OFFSET + first_seed, COADD_SEED_OFFSET + first_seed + n_coadd)]
     # interleaved, so that a partial run already holds both families in proportion
-    return sorted(out + coadd, key=lambda j: (j["seed"] - first_seed + 0.5) / (n_flt if j["family"] == "flt"
-                                                                                else n_coadd))
+    return sorted(out + coadd, key=lambda j: (j["seed"] % COADD_SEED_OFFSET - first_seed + 0.5)
+                  / (n_flt if j["family"] == "flt" else n_coadd))
 
 
 def overrides(job: dict, out: Path, experiment: str) -> list[str]:
