@@ -186,3 +186,36 @@ def test_infer_py_prints_one_line_and_exits_2(tmp_path):
     assert "Traceback" not in out
     lines = [line for line in out.splitlines() if "unknown config key" in line]
     assert len(lines) == 1 and "lens.intt" in lines[0] and "lens.init" in lines[0]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["observations.cutout=0"], "observations.cutout=0: write a positive whole number"),
+    (["observations.cutout=-64"], "observations.cutout=-64: write a positive whole number"),
+    (["+lens.cutout=0"], "lens.cutout=0: write a positive whole number"),
+    (["+lens.pixel_scale=-0.05"], "lens.pixel_scale=-0.05: write a positive number"),
+    (["sampler.chains=0"], "sampler.chains=0: write a positive whole number"),
+    (["sampler.mala.step_size=0"], "sampler.mala.step_size=0: write a positive number"),
+    (["sampler.mala.target_accept=1.5"], "sampler.mala.target_accept=1.5: write a fraction between 0 and 1"),
+    (["lensing.source.n=0"], "lensing.source.n=0: write a positive whole number"),
+    (["sampler.dtype=float16"], "sampler.dtype='float16': write one of float32, float64"),
+    (["sampler.device=gpu"], "sampler.device='gpu': write auto"),
+    (["resume=maybe"], "resume='maybe': write auto"),
+    # the posterior samples are the last stage's records: a run that would keep none fails before it starts
+    (["sampler.stages.finetune.record=0"], "sampler.stages.finetune.record is 0: no sweep would be kept"),
+])
+def test_a_value_out_of_range_is_named_with_what_to_write(overrides, message):
+    with pytest.raises(InputError) as err:
+        validate_infer_config(compose_infer(["lens=J1430", *overrides]))
+    assert "\n" not in str(err.value) and message in str(err.value), str(err.value)
+
+
+def test_a_gpu_asked_for_where_there_is_none_is_refused_before_any_work():
+    import torch
+
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        rejects(["lens=J1430", f"sampler.device=cuda:{count}"], f"sampler.device=cuda:{count}",
+                f"has {count} CUDA GPU(s)")
+    else:
+        rejects(["lens=J1430", "sampler.device=cuda"], "sampler.device=cuda: this machine has no CUDA GPU",
+                "sampler.device=cpu")

@@ -106,3 +106,31 @@ def test_a_figure_that_fails_half_way_leaves_the_previous_one(tmp_path):
         _save(fig, tmp_path, "source")
     assert (tmp_path / "source.png").read_bytes() == b"the earlier figure"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["source.png"]  # no temporary file left
+
+
+def test_a_run_folder_name_is_cut_where_file_systems_would_refuse_it():
+    from scorelens.cli.config import RUN_NAME_MAX, run_name
+
+    assert run_name("") == "default" and run_name("seed=2") == "seed=2"
+    stages = "sampler.stages={" + ",".join(f"s{i}:{{sweeps:{i},record:1}}" for i in range(40)) + "}"
+    a, b = run_name(stages), run_name(stages.replace("s39", "t39"))
+    assert len(a.encode()) <= RUN_NAME_MAX and a.startswith("sampler.stages={s0:")
+    assert a != b  # overrides that differ only after the cut still name different folders
+
+
+def test_a_whole_stage_list_as_one_override_gets_a_folder_and_the_one_line_error(tmp_path):
+    """Hydra creates the run folder before any check: its name must be one the file system takes."""
+    from scorelens.cli.config import RUN_NAME_MAX
+
+    stages = ("sampler.stages={init:{sweeps:20,temperature:[20.0,5.0],mala_steps:5,burn_in:10,sde:{steps:20}},"
+              "anneal:{sweeps:40,temperature:[5.0,1.0],mala_steps:5,burn_in:40,record:0,sde:{t_start:0.5}},"
+              "finetune:{sweeps:20,mala_steps:5,burn_in:5,record:10,sde:{t_start:0.3}}}")
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([sys.executable, "infer.py", "lens=mock", stages, "sampler.chains=0",
+                           f"paths.log_dir={tmp_path}"], cwd=os.path.dirname(os.path.dirname(__file__)), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "File name too long" not in proc.stderr and "Traceback" not in proc.stderr
+    assert "sampler.chains=0: write a positive whole number" in proc.stdout + proc.stderr
+    (folder,) = (tmp_path / "infer" / "mock").iterdir()
+    assert len(folder.name.encode()) <= RUN_NAME_MAX

@@ -270,6 +270,7 @@ def validate_infer_config(cfg: DictConfig | Mapping) -> None:
     if missing:
         raise InputError(f"config value(s) {', '.join(missing)} not set (??? or absent); set them in the config "
                          "files or on the command line")
+    _check_values(node)
     _check_stars(node["stars"])
     _check_start(node)
     _check_source_fov(node.lens.get("source_fov"))
@@ -287,7 +288,12 @@ def validate_sampler_config(sampler: DictConfig) -> None:
     from .stages import stages_from_config
 
     plain = OmegaConf.to_container(sampler, resolve=True)
-    stages_from_config(plain)
+    stages = stages_from_config(plain)
+    # the posterior samples are the records kept after the last branching stage (branching turns records into chains)
+    last_branch = max((i for i, s in enumerate(stages) if s.branch), default=0)
+    if not any(s.record for s in stages[last_branch:]):
+        raise InputError(f"sampler.stages.{stages[-1].name}.record is 0: no sweep would be kept as a posterior "
+                         f"sample; set sampler.stages.{stages[-1].name}.record to the number of last sweeps to keep")
     SplitSettings.from_config(plain.get("split"))
     PSFStep.from_config(plain.get("psf"), plain.get("sde"))
     try:
@@ -295,6 +301,63 @@ def validate_sampler_config(sampler: DictConfig) -> None:
     except ParameterError as err:
         where = "sampler.parameters" + (f".{err.key}" if err.key else "")
         raise InputError(f"{where}: {err.reason}") from None
+
+
+DTYPES = ("float32", "float64")
+RESUME = ("auto", True, False)
+
+
+def _check_values(node: DictConfig) -> None:
+    """Ranges and cross-field rules of the values the schema types (one-line InputError naming the key)."""
+    def positive(key: str, value, integer: bool = False, allow_none: bool = False) -> None:
+        if value is None and allow_none:
+            return
+        kind = "a positive whole number" if integer else "a positive number"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+                or (integer and int(value) != value):
+            raise InputError(f"{key}={value!r}: write {kind}")
+
+    positive("observations.cutout", node.observations.cutout, integer=True)
+    positive("lens.cutout", node.lens.get("cutout"), integer=True, allow_none=True)
+    positive("lens.pixel_scale", node.lens.get("pixel_scale"), allow_none=True)
+    positive("sampler.chains", node.sampler.chains, integer=True)
+    positive("sampler.mala.step_size", node.sampler.mala.step_size)
+    positive("lensing.upsample", node.lensing.upsample, integer=True)
+    positive("lensing.psf_size", node.lensing.psf_size, integer=True)
+    for grid in ("source", "lens_light"):
+        positive(f"lensing.{grid}.n", node.lensing[grid].n, integer=True)
+        positive(f"lensing.{grid}.pixel_scale", node.lensing[grid].pixel_scale, allow_none=grid == "lens_light")
+    accept = node.sampler.mala.target_accept
+    if not 0 < accept < 1:
+        raise InputError(f"sampler.mala.target_accept={accept!r}: write a fraction between 0 and 1 (e.g. 0.57)")
+    if node.sampler.dtype not in DTYPES:
+        raise InputError(f"sampler.dtype={node.sampler.dtype!r}: write one of {', '.join(DTYPES)}")
+    check_device(node.sampler.device, "sampler.device")
+    resume = node.get("resume")
+    if resume not in RESUME:
+        raise InputError(f"resume={resume!r}: write auto (continue this folder's run if its inputs are the same) or "
+                         "false (a new folder beside it)")
+
+
+def check_device(value: str, key: str) -> None:
+    """`value` names a device this machine has: auto, cpu, cuda or cuda:N (one-line InputError otherwise)."""
+    import torch
+
+    if value == "auto":
+        return
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise InputError(f"{key}={value!r}: write auto (a GPU when there is one), cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"{key}={value}: this machine has no CUDA GPU that PyTorch can use; write {key}=cpu "
+                             "(or auto, which takes a GPU when there is one)")
+        if device.index is not None and device.index >= count:
+            raise InputError(f"{key}={value}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
 
 
 def _missing(node: DictConfig, prefix: str = "") -> list[str]:

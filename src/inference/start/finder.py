@@ -67,10 +67,11 @@ class StartSettings:
     shear_max: float = 0.08
     source_offset_max: float = 0.3
     centre_max: float = 0.5
-    source_blobs: tuple[int, int] = (8, 10)
-    source_fov: float = 1.4
+    source_blobs: tuple[int, int] = (12, 16)
+    source_fov: float = 1.0
     light_sigmas: tuple[float, float, int] = (0.03, 3.0, 8)
     source_prior: float = 3.0
+    source_prior_decades: float = 3.0
     light_prior: float = 30.0
     modes: int = 4
     evidence_gap: float = 10.0
@@ -98,6 +99,9 @@ class StartSettings:
         if s.starts < 1 or s.modes < 1 or s.batch < 1 or min(s.source_blobs) < 2 or len(s.source_blobs) != 2:
             raise InputError("start.starts, start.modes and start.batch must be >= 1; start.source_blobs: [search, "
                              "refine], each >= 2")
+        if not s.source_prior_decades >= 0:
+            raise InputError(f"start.source_prior_decades must be >= 0 (0: the scale source_prior only), got "
+                             f"{s.source_prior_decades}")
         return s
 
 
@@ -164,16 +168,19 @@ class StartFinder:
         s = settings
         lo, hi, n = s.light_sigmas
         self.sigmas = torch.logspace(math.log10(lo), math.log10(hi), int(n), dtype=ref.dtype, device=ref.device)
-        # amplitude priors in data units: weak, scaled to the data's bright end
+        # amplitude priors in data units: weak, scaled to the data's bright end (the source's: to what the lens
+        # light leaves, once it is fitted, `_light_start`)
         self.peak = float(torch.quantile(d.data.float(), 0.995).clamp(min=1e-12))
+        self.source_peak = self.peak
         self.use_blobs(s.source_blobs[0])
 
     def use_blobs(self, n: int) -> None:
         """Model the source with n x n Gaussian blobs over `source_fov`, each as wide as their spacing."""
         s = self.s
+        self.n_blobs = n
         self.offsets = blob_centres(n, s.source_fov, self.dtype, self.device)
         self.width = s.source_fov / (n - 1)
-        self.prior_sd = torch.cat([torch.full((n * n,), s.source_prior * self.peak),
+        self.prior_sd = torch.cat([torch.full((n * n,), s.source_prior * self.source_peak),
                                    torch.full((len(self.sigmas),), s.light_prior * self.peak)]).to(self.dtype)
 
     # --- the model -----------------------------------------------------------------------------------------------
@@ -262,12 +269,29 @@ class StartFinder:
 
     @torch.no_grad()
     def evaluate(self, p: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """(log evidence [B], reduced chi^2 [B], amplitudes [B, K]) at p, in batches."""
+        """(log evidence [B], reduced chi^2 [B], amplitudes [B, K]) at p, in batches. The evidence is marginalised
+        over the scale of the source blobs' prior, log-uniform over `source_prior_decades` below `source_prior`
+        (two points a decade), and chi^2 and amplitudes are those of the most probable scale: a fixed scale
+        favours one magnification over another (the Occam factor of blobs the data constrain well grows with the
+        prior's width), where the scale the data prefer compares models of different magnification fairly."""
+        d, n_src = self.data, len(self.offsets)
+        n_scales = 1 + round(2 * self.s.source_prior_decades)
+        scales = torch.logspace(-self.s.source_prior_decades, 0.0, n_scales, dtype=self.dtype, device=self.device)
         outs = []
         b_all = next(iter(p.values())).shape[0]
         for i in range(0, b_all, self.s.batch):
-            fit = self.fit({k: v[i:i + self.s.batch] for k, v in p.items()})
-            outs.append((fit.log_evidence, fit.chi2 / self.data.n, fit.amplitudes))
+            chunk = {k: v[i:i + self.s.batch] for k, v in p.items()}
+            cols = torch.cat([self.source_columns(chunk), self.light_columns(chunk)], dim=1)
+            fits = []
+            for scale in scales:
+                sd = self.prior_sd.clone()
+                sd[:n_src] *= scale
+                fits.append(linear_fit(cols, d.data, d.weight, sd))
+            lz = torch.nan_to_num(torch.stack([f.log_evidence for f in fits]), nan=-math.inf)   # [S, B]
+            best = lz.argmax(0)
+            pick = lambda t: torch.stack(t)[best, torch.arange(len(best))]  # noqa: E731
+            outs.append((torch.logsumexp(lz, 0) - math.log(n_scales), pick([f.chi2 for f in fits]) / d.n,
+                         pick([f.amplitudes for f in fits])))
         return tuple(torch.cat(t) for t in zip(*outs, strict=True))
 
     # --- the search ----------------------------------------------------------------------------------------------
@@ -283,6 +307,20 @@ class StartFinder:
             lz = self.fit(p, light_only=True).log_evidence
         best = int(torch.nan_to_num(lz, nan=-math.inf).argmax())
         return {k: v[best:best + 1] for k, v in p.items()}
+
+    @torch.no_grad()
+    def _scale_source_prior(self, light: Mapping[str, Tensor]) -> None:
+        """Scale the source blobs' prior to the bright end of what the fitted light leaves in the searched pixels.
+        Scaled to the whole data, whose bright end is the lens galaxy's centre, it would be far too wide for the
+        arcs, and the evidence's Occam factor would then penalise the most magnified model most: the true mass,
+        whose blobs the data constrain best, against a smaller Einstein radius whose blobs act as a free-form
+        model of the image."""
+        fit = self.fit(light, light_only=True)
+        residual = self.data.data - (fit.amplitudes[:, :, None] * self.light_columns(light)).sum(1)[0]
+        used = residual[self.data.weight > 0]
+        if used.numel():
+            self.source_peak = float(torch.quantile(used.float(), 0.995).clamp(min=1e-12))
+        self.use_blobs(self.n_blobs)
 
     def _starts(self, light: Mapping[str, Tensor], seeds: list[Mapping[str, float]]) -> dict[str, Tensor]:
         """`starts` scrambled-Sobol points (theta_E log-uniform, ellipticity and shear uniform in disks, the source
@@ -352,6 +390,7 @@ class StartFinder:
             # the lens centre: the smooth light fits it least well, and the source blobs of a small, wrong Einstein
             # radius would take up what it leaves; it says little of the mass's basin
             self.data = self.all_data.outside(float(light["xl"]), float(light["yl"]), s.centre_mask)
+        self._scale_source_prior(light)
         starts = self._starts(light, list(seeds))
         p = self.optimise(starts, NAMES, s.steps, s.lr, progress=tick)
         log_z, _, _ = self.evaluate(p)
