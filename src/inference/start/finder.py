@@ -288,10 +288,9 @@ class StartFinder:
                 sd[:n_src] *= scale
                 fits.append(linear_fit(cols, d.data, d.weight, sd))
             lz = torch.nan_to_num(torch.stack([f.log_evidence for f in fits]), nan=-math.inf)   # [S, B]
-            best = lz.argmax(0)
-            pick = lambda t: torch.stack(t)[best, torch.arange(len(best))]  # noqa: E731
-            outs.append((torch.logsumexp(lz, 0) - math.log(n_scales), pick([f.chi2 for f in fits]) / d.n,
-                         pick([f.amplitudes for f in fits])))
+            at = (lz.argmax(0), torch.arange(lz.shape[1], device=lz.device))  # each start's most probable scale
+            outs.append((torch.logsumexp(lz, 0) - math.log(n_scales),
+                         torch.stack([f.chi2 for f in fits])[at] / d.n, torch.stack([f.amplitudes for f in fits])[at]))
         return tuple(torch.cat(t) for t in zip(*outs, strict=True))
 
     # --- the search ----------------------------------------------------------------------------------------------
