@@ -32,6 +32,11 @@ class DifferentMockError(InputError):
         return type(self), (self.root, self.seed)
 
 
+class PoorFitError(Exception):
+    """A run finished and wrote its results, but its model fits the data far worse than the noise allows (reduced
+    chi^2 above `chi2_max`, or not finite): entry points log the message and exit with status 3."""
+
+
 class TangentPlaneError(InputError):
     """Sky positions more than 90 degrees from the lens, which its tangent plane cannot hold."""
 

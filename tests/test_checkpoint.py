@@ -100,3 +100,23 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_prior(make_prior(kind="source"), path)
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p.pop("kind"), r"lacks the metadata \['kind'\]"),
+    (lambda p: p.pop("sde"), r"lacks the metadata \['sde'\]"),
+    (lambda p: p.pop("state_dict"), "holds no weights"),
+    (lambda p: p.update(kind="galaxy"), "unknown prior kind 'galaxy'"),
+    (lambda p: p["net"].pop("resolution"), "needs whole-number resolution and channels"),
+    (lambda p: p["sde"].update(sigma_min=600.0), "needs 0 < sigma_min < sigma_max"),
+    (lambda p: p["net"].update(blocks=3), "describe no network, SDE or normalisation"),
+    (lambda p: p["norm"].update(gain=2.0), "describe no network, SDE or normalisation"),
+])
+def test_a_prior_file_with_missing_or_wrong_metadata_is_one_line(tmp_path, change, message):
+    payload = torch.load(save_prior(make_prior(), tmp_path / "prior.pt"), weights_only=True)
+    change(payload)
+    bad = tmp_path / "bad.pt"
+    torch.save(payload, bad)
+    with pytest.raises(InputError, match=message) as err:
+        load_prior(bad)
+    assert "\n" not in str(err.value) and str(bad) in str(err.value)

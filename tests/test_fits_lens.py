@@ -232,3 +232,19 @@ def test_a_pixel_scale_that_is_not_positive_is_named(tmp_path, scale):
 def test_a_cutout_that_is_not_positive_is_named(tmp_path):
     lens_files(tmp_path)
     refused(lens_node(extra=["lens.cutout=0"]), tmp_path, "lens.cutout=0", "positive number of pixels")
+
+
+def test_what_a_lax_load_repairs_is_said_in_a_warning(tmp_path, caplog):
+    """Without lens.strict a PSF of even side or far from unit sum is repaired, and a cutout larger than the image
+    falls back to the whole image: each with a warning naming what was done."""
+    import logging
+
+    psf = psf_stamp()
+    lens_files(tmp_path, psf=2.0 * np.pad(psf, ((0, 1), (0, 1))))  # even side, sum 2
+    with caplog.at_level(logging.WARNING):
+        data = load_lens(lens_node(extra=[f"lens.cutout={SIZE + 16}", "lens.strict=false"]), tmp_path)
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert data.exposures[0].shape == (SIZE, SIZE)
+    assert f"lens.cutout={SIZE + 16} is larger than the co-add" in text and "the whole image is used" in text
+    assert "not square with an odd side; padded with zeros" in text
+    assert "PSF sums to 2, not ~1; normalised to 1" in text

@@ -110,6 +110,27 @@ def test_finished_run_resumes_without_sampling_again(smoke_run):
         assert (f["theta_E"][:] == g["theta_E"][:]).all()
 
 
+@pytest.mark.slow
+def test_a_poor_fit_ends_with_a_warning_and_exit_status_3_and_its_results_kept(smoke_run):
+    """chi2_max changes no result: the finished run in the same folder is resumed, its outputs written again
+    (the same samples), and the run ends with the poor fit named and a non-zero exit."""
+    out, args, tmp, _ = smoke_run
+    before = (out / "samples.h5").read_bytes()
+    chi2 = [float(line.split(",")[1]) for line in (out / "chi2.csv").read_text().splitlines()[1:]]
+    limit = 0.5 * min(chi2)
+    proc = run_infer([*args, f"chi2_max={limit}"], tmp, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 3, text[-3000:]
+    assert "resuming" in text and "fits the data poorly" in text and f"chi2_max={limit}" in text
+    assert "Traceback" not in text
+    # the warnings of the run are repeated together at its end, the poor fit's own line after them
+    assert "warning(s) in this run" in (out / "infer.log").read_text()
+    with h5py.File(out / "samples.h5") as f, h5py.File(__import__("io").BytesIO(before)) as g:
+        assert (f["theta_E"][:] == g["theta_E"][:]).all()
+    for name in ("summary.csv", "chi2.csv", "exposures.png"):
+        assert (out / name).stat().st_size > 0
+
+
 def test_slurm_launcher_for_inference_runs_one_lens_per_gpu_job():
     from hydra import compose, initialize_config_dir
 

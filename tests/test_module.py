@@ -75,3 +75,15 @@ def test_hyperparameters_are_plain_values():
         return v is None or isinstance(v, bool | int | float | str)
 
     assert plain(dict(module.hparams))
+
+
+def test_a_batch_with_a_nan_image_stops_training_before_the_update():
+    from scorelens.errors import InputError
+
+    module = make_module()
+    before = [p.detach().clone() for p in module.net.parameters()]
+    batch = torch.zeros(3, 1, 16, 16)
+    batch[1, 0, 4, 5] = float("nan")
+    with pytest.raises(InputError, match=r"training batch 7 \(global step 0\): image\(s\) \[1\] of its 3 hold NaN"):
+        module.training_step(batch, 7)
+    assert all(torch.equal(a, b) for a, b in zip(before, module.net.parameters(), strict=True))

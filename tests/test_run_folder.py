@@ -134,3 +134,33 @@ def test_a_whole_stage_list_as_one_override_gets_a_folder_and_the_one_line_error
     assert "sampler.chains=0: write a positive whole number" in proc.stdout + proc.stderr
     (folder,) = (tmp_path / "infer" / "mock").iterdir()
     assert len(folder.name.encode()) <= RUN_NAME_MAX
+
+
+def test_a_fit_far_from_the_noise_or_not_finite_is_refused_after_the_results():
+    import math
+
+    from scorelens.errors import PoorFitError
+    from scorelens.inference.run import check_fit
+
+    check_fit([1.02, 1.4], 3.0, "out")
+    check_fit([40.0], None, "out")  # null: no limit
+    with pytest.raises(PoorFitError, match=r"reduced chi2 per exposure \[1.1, 4.2\] \(limit chi2_max=3.0\)"):
+        check_fit([1.1, 4.2], 3.0, "out")
+    with pytest.raises(PoorFitError, match="nan"):
+        check_fit([math.nan], None, "out")  # not finite: refused even without a limit
+
+
+def test_the_warnings_of_a_run_are_repeated_together_at_its_end(caplog):
+    import logging
+
+    from scorelens.inference.run_warnings import collected_warnings
+
+    other = logging.getLogger("scorelens.data.test")
+    with caplog.at_level(logging.INFO), collected_warnings() as seen:
+        other.warning("120 pixels with a noise of zero or less; masked")
+        other.info("not a warning")
+        other.warning("PSF sums to 0.8, not ~1; normalised to 1")
+        other.warning("120 pixels with a noise of zero or less; masked")
+    assert seen.messages == ["120 pixels with a noise of zero or less; masked",
+                             "PSF sums to 0.8, not ~1; normalised to 1"]
+    assert "2 warning(s) in this run:\n  - 120 pixels" in caplog.records[-1].getMessage()

@@ -61,3 +61,27 @@ def test_bf16_mixed_precision_trains(tmp_path):
     with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
         losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+
+
+def test_resume_from_a_file_that_is_no_training_checkpoint_is_one_line(tmp_path):
+    from scorelens.errors import InputError
+    from scorelens.priors.run import find_checkpoint
+
+    exported = tmp_path / "prior.pt"  # loads with torch, but holds an exported prior, not a training state
+    torch.save({"net": {"w": torch.zeros(2)}, "meta": {"kind": "source"}}, exported)
+    garbage = tmp_path / "notes.ckpt"
+    garbage.write_text("not a checkpoint")
+    for path in (exported, garbage):
+        with pytest.raises(InputError, match=r"resume=.*: not a training checkpoint of train.py") as err:
+            find_checkpoint(tmp_path / "checkpoints", str(path))
+        assert "\n" not in str(err.value)
+
+
+def test_the_default_trainer_runs_where_there_is_no_gpu(tmp_path):
+    """trainer=auto (the default) takes a GPU when there is one; on a CPU-only machine it trains there and says so."""
+    cfg = compose_train(["prior=lens_light"], tmp_path / "run")
+    assert cfg.trainer.accelerator == "auto"
+    proc = run_train(["prior=lens_light", "experiment=smoke", "trainer=auto", "logger=csv", "trainer.max_steps=2",
+                      "callbacks.samples.every_n_epochs=0", f"paths.log_dir={tmp_path}"], cwd=tmp_path)
+    if not torch.cuda.is_available():
+        assert "no GPU found: training on the CPU" in proc.stdout + proc.stderr

@@ -7,7 +7,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ..errors import InputError
+from ..errors import InputError, PoorFitError
 from .config import CONFIG_PATH, register_resolvers
 
 register_resolvers()
@@ -22,6 +22,9 @@ def main(cfg: DictConfig) -> None:
     except InputError as err:
         logging.getLogger("infer").error("%s", err)
         sys.exit(2)
+    except PoorFitError as err:  # the results are written: the exit status tells scripts to look at them
+        logging.getLogger("infer").warning("%s", err)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

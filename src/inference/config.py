@@ -234,6 +234,7 @@ class InferConfig:
 
     seed: int = MISSING
     resume: bool | str = MISSING     # auto, false, ...
+    chi2_max: float | None = MISSING  # null: no check of the final fit
     priors: PriorsConfig = field(default_factory=PriorsConfig)
     flux: FluxConfig = field(default_factory=FluxConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -333,6 +334,7 @@ def _check_values(node: DictConfig) -> None:
     if node.sampler.dtype not in DTYPES:
         raise InputError(f"sampler.dtype={node.sampler.dtype!r}: write one of {', '.join(DTYPES)}")
     check_device(node.sampler.device, "sampler.device")
+    positive("chi2_max", node.get("chi2_max"), allow_none=True)
     resume = node.get("resume")
     if resume not in RESUME:
         raise InputError(f"resume={resume!r}: write auto (continue this folder's run if its inputs are the same) or "

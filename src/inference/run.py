@@ -20,13 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..atomic import atomic_write_text
-from ..errors import InputError
+from ..errors import InputError, PoorFitError
 from .config import check_init_from, is_mock, validate_infer_config
 from .figures import make_figures
 from .gibbs import GibbsSampler
 from .parameters import canonical_mass
 from .results import by_chain, diagnostic_warnings, write_samples, write_summary
 from .run_folder import check_resume, fresh_folder, holds_run, identity, read_record, run_lock, write_record
+from .run_warnings import collected_warnings
 from .setup import build_problem
 from .split import SplitSettings
 from .stages import stages_from_config
@@ -64,8 +65,20 @@ def infer(cfg: DictConfig, out_dir: str | Path, root: str | Path) -> dict:
         log.info("%s holds a run and resume=false: this run writes to %s", out, new)
         _log_to(new)
         out = new
-    with run_lock(out):
-        return _infer_locked(cfg, out, root, stages)
+    with run_lock(out), collected_warnings():
+        summary = _infer_locked(cfg, out, root, stages)
+        check_fit(summary["reduced_chi2"], cfg.get("chi2_max"), out)
+        return summary
+
+
+def check_fit(chi2: list[float], chi2_max: float | None, out: Path) -> None:
+    """Raise PoorFitError when a reduced chi^2 (one per exposure) is above `chi2_max` or not finite (None: no
+    check); the results are written before, so nothing is lost."""
+    if any(not np.isfinite(c) or (chi2_max is not None and c > chi2_max) for c in chi2):
+        raise PoorFitError(f"the posterior-mean model fits the data poorly: reduced chi2 per exposure "
+                           f"{[round(float(c), 3) for c in chi2]} (limit chi2_max={chi2_max}); the results are in "
+                           f"{out}: look at exposures.png's residuals (a mask, the noise map, the PSF or a start in "
+                           f"another mode?), or set chi2_max=null to accept the fit")
 
 
 def _log_to(out: Path) -> None:

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from ..data.training.normalization import PixelNorm
+from ..errors import InputError
 from .losses import dsm_loss
 from .ncsnpp import NCSNpp
 from .prior import KINDS, ScorePrior
@@ -58,6 +59,15 @@ class ScorePriorModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x0 = _images(batch)
+        # a NaN or inf image would spread into every weight at this step's update, and from there into the EMA,
+        # every later checkpoint and the exported prior: stop before the update
+        finite = torch.isfinite(x0.flatten(1)).all(1)
+        if not finite.all():
+            bad = torch.nonzero(~finite).flatten().tolist()
+            raise InputError(f"training batch {batch_idx} (global step {self.global_step}): image(s) {bad[:10]} of "
+                             f"its {x0.shape[0]} hold NaN or inf pixels; training stopped before this step's update, "
+                             "no checkpoint or prior written from it: clean or remove those images from the training "
+                             "set")
         loss = dsm_loss(self.net, self.sde, x0, self._step_generator(0), self.hparams.t_eps)
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
         return loss

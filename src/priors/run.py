@@ -59,6 +59,9 @@ def train(cfg: DictConfig) -> Path:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks.append(FinalCheckpoint(output_dir / "checkpoints" / "last.ckpt"))
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    if cfg.trainer.get("accelerator") == "auto" and not torch.cuda.is_available():
+        log.warning("no GPU found: training on the CPU, which is fine for a smoke test but slow for a prior "
+                    "(trainer=gpu insists on a GPU; trainer=cpu says CPU on purpose)")
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
     try:
@@ -86,16 +89,18 @@ def find_checkpoint(ckpt_dir: Path, resume) -> Path | None:
     if not path.is_file():
         raise InputError(f"resume={resume}: no such checkpoint file")
     if not _readable(path):
-        raise InputError(f"resume={resume}: the checkpoint cannot be read (truncated or not a checkpoint)")
+        raise InputError(f"resume={resume}: not a training checkpoint of train.py (unreadable, truncated, or another "
+                         "kind of file, such as an exported prior.pt); give a .ckpt from a run's checkpoints/ folder")
     return path
 
 
 def _readable(path: Path) -> bool:
+    """A Lightning checkpoint that loads: a dict with the weights, the step and the optimiser states."""
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return True
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # any failure means "do not resume from this file"
         return False
+    return isinstance(ckpt, dict) and {"state_dict", "global_step", "optimizer_states"} <= set(ckpt)
 
 
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list:

@@ -96,7 +96,12 @@ def prepare_psf(psf, source="PSF") -> np.ndarray:
     h, w = psf.shape
     k = max(h, w) | 1  # odd and square: zeros appended at the end
     if (h, w) != (k, k):
+        log.warning("%s: PSF of %d x %d pixels, not square with an odd side; padded with zeros to %d x %d", source,
+                    h, w, k, k)
         psf = np.pad(psf, ((0, k - h), (0, k - w)))
+    if not PSF_SUM_RANGE[0] <= total <= PSF_SUM_RANGE[1]:
+        log.warning("%s: PSF sums to %.4g, not ~1; normalised to 1 (the image's flux scale is unchanged)", source,
+                    total)
     peak = np.unravel_index(int(np.argmax(psf)), psf.shape)
     shift = (k // 2 - int(peak[0]), k // 2 - int(peak[1]))
     if shift != (0, 0):
