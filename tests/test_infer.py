@@ -81,7 +81,10 @@ def test_writes_samples_summary_truth_and_figures(smoke_run):
     assert len(runs) == 1 and runs[0].stat().st_size > 0
     text = (out / "infer.log").read_text()
     assert "finetune sweep 2/2 (6/6)" in text and "stars chi2=" in text
-    assert text.count("R-hat and ESS need at least 4 recorded sweeps per chain, got 2") == 1
+    # said once when it happens (not once per parameter), and once more in the run's summary of its warnings
+    assert text.count("[WARNING] - R-hat and ESS need at least 4 recorded sweeps per chain, got 2") == 1
+    summary = text[text.index("warning(s) in this run:"):]
+    assert "\n  - R-hat and ESS need at least 4 recorded sweeps per chain, got 2" in summary
     assert "R-hat/bulk ESS over 2 chains x 2 recorded sweeps" in text
     # the chains start where the start finder put them (init_from: auto)
     assert "start finder: 4 starts on" in text and "mode 0: theta_E" in text and "chains per mode: mode 0" in text
