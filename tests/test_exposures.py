@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -201,7 +202,7 @@ def test_lens_in_the_gap_or_off_the_frame_or_near_an_edge_is_an_error(two_chips,
 # ------------------------------------------------------------------------------------------ masks
 
 
-def test_dq_bits_nan_and_nonpositive_err_are_masked(tmp_path):
+def test_dq_bits_nan_and_nonpositive_err_are_masked(tmp_path, caplog):
     hdr = sip_wcs_header()
     shape = (160, 180)
     sci = np.full(shape, 10.0, np.float32)
@@ -219,7 +220,12 @@ def test_dq_bits_nan_and_nonpositive_err_are_masked(tmp_path):
     err[r0 + 13, c0 + 13] = 0.0
     err[r0 + 14, c0 + 14] = -1.0
     path = write_flt(tmp_path / "jdq00001q_flt.fits", [chip_hdus(sci, hdr, err=err, dq=dq)])
-    exp = cut_exposure(read_flt(path), ra, dec, 32, BAD_BITS)
+    with caplog.at_level(logging.WARNING):
+        exp = cut_exposure(read_flt(path), ra, dec, 32, BAD_BITS)
+    # pixels dropped for a damaged file are said, with their count (DQ flags are routine, and only logged)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "3 pixels of the cutout have NaN/inf in SCI or ERR; masked" in said
+    assert "2 pixels of the cutout have ERR <= 0; masked" in said
     assert exp.origin == (r0, c0)
     bad = {(i, j) for (i, j), bit in flags.items() if bit & dq_bitmask(BAD_BITS)} | {(k, k) for k in range(10, 15)}
     assert bad == {(1, 1), (3, 3), (4, 4), (5, 5), (7, 7), (10, 10), (11, 11), (12, 12), (13, 13), (14, 14)}

@@ -267,6 +267,10 @@ def cut_exposure(chips: Sequence[Chip], ra: float, dec: float, size: int, dq_bit
                          "user mask)")
     if n_nonfinite:
         log.warning("%s: %d pixels of the cutout have NaN/inf in SCI or ERR; masked", path, n_nonfinite)
+    n_no_noise = int(np.count_nonzero(finite & ~positive & ~user))
+    if n_no_noise:  # a detector gives every exposed pixel a positive ERR: zero or less is a damaged file
+        log.warning("%s: %d pixels of the cutout have ERR <= 0; masked (they carry no noise estimate)", path,
+                    n_no_noise)
     background = sky_level(chip.sci, lambda: (np.asarray(chip.dq).astype(np.int64) & bad_bits) != 0, chip.header,
                            sky, where=f"{path} (EXTVER {chip.extver})")
     sci = sci - background
