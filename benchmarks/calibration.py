@@ -188,7 +188,12 @@ def failed(r: dict) -> bool:
 def statistics(results: list[dict], out: Path, seed: int = 0) -> dict:
     """Failures, bias, coverage and TARP of finished results (runs that failed count only as failures)."""
     ok = [r for r in results if not r.get("error")]
-    stats = {"n": len(results), "errors": len(results) - len(ok), "failures": sum(failed(r) for r in results)}
+    stats = {"n": len(results), "errors": len(results) - len(ok), "failures": sum(failed(r) for r in results),
+             # why: the mass off (theta_E more than 5% from the truth), the fit poor (chi2 only), the run failed
+             "off": sum(abs(r["summary"]["theta_E"]["median"] / r["truth"]["theta_E"] - 1) > FAIL_THETA
+                        for r in ok),
+             "poor_fit_only": sum(r["chi2"] > FAIL_CHI2 and abs(r["summary"]["theta_E"]["median"]
+                                                             / r["truth"]["theta_E"] - 1) <= FAIL_THETA for r in ok)}
     if not ok:
         return stats
     rel = np.array([r["summary"]["theta_E"]["median"] / r["truth"]["theta_E"] - 1 for r in ok])
@@ -212,7 +217,8 @@ def statistics(results: list[dict], out: Path, seed: int = 0) -> dict:
 
 
 def table(groups: dict[str, dict]) -> str:
-    head = ["mocks", "n", "failures", "theta_E bias (median)", "|error| median", "chi2 median", "R-hat theta_E",
+    head = ["mocks", "n", "failures", "of which theta_E > 5% / chi2 only / run failed", "theta_E bias (median)",
+            "|error| median", "chi2 median", "R-hat theta_E",
             *[f"{round(100 * lv)}%: {p}" for lv in LEVELS for p in COVERED], "TARP dev"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, s in groups.items():
@@ -220,6 +226,7 @@ def table(groups: dict[str, dict]) -> str:
             lines.append(f"| {label} | {s['n']} | {s['failures']} | " + " | ".join(["-"] * (len(head) - 3)) + " |")
             continue
         cells = [label, str(s["n"]), f"{s['failures']} ({100 * s['failures'] / s['n']:.0f}%)",
+                 f"{s['off']} / {s['poor_fit_only']} / {s['errors']}",
                  f"{100 * s['bias_median']:+.2f}%", f"{100 * s['abs_median']:.2f}%", f"{s['chi2_median']:.2f}",
                  f"{s['rhat_theta_median']:.2f}",
                  *[f"{s[f'cov{round(100 * lv)}_{p}']:.2f}" for lv in LEVELS for p in COVERED], f"{s['tarp_dev']:.2f}"]
