@@ -84,6 +84,28 @@ def test_a_batch_with_a_nan_image_stops_training_before_the_update():
     before = [p.detach().clone() for p in module.net.parameters()]
     batch = torch.zeros(3, 1, 16, 16)
     batch[1, 0, 4, 5] = float("nan")
-    with pytest.raises(InputError, match=r"training batch 7 \(global step 0\): image\(s\) \[1\] of its 3 hold NaN"):
-        module.training_step(batch, 7)
+    # Lightning hands every batch to this hook before the step that would update the weights with it
+    with pytest.raises(InputError, match=r"a batch at global step 0: image\(s\) \[1\] of its 3 hold NaN"):
+        module.on_before_batch_transfer(batch, 0)
     assert all(torch.equal(a, b) for a, b in zip(before, module.net.parameters(), strict=True))
+    clean = torch.zeros(2, 1, 16, 16)
+    assert module.on_before_batch_transfer(clean, 0) is clean
+
+
+def test_lightning_stops_at_the_nan_batch_before_any_update(tmp_path):
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from scorelens.errors import InputError
+
+    module = make_module()
+    before = [p.detach().clone() for p in module.net.parameters()]
+    images = torch.randn(8, 1, 16, 16)
+    images[5, 0, 3, 3] = float("inf")  # in the second batch of 4: the first one's update happens
+    trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(InputError, match=r"global step 1: image\(s\) \[1\] of its 4 hold NaN or inf"):
+        trainer.fit(module, DataLoader(TensorDataset(images), batch_size=4))
+    assert module.global_step == 1  # one update, from the clean batch; none from the bad one
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.net.parameters(), strict=True))
+    assert not list(tmp_path.rglob("*.ckpt"))

@@ -57,17 +57,21 @@ class ScorePriorModule(pl.LightningModule):
         gen.manual_seed(int(seed.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
         return gen
 
-    def training_step(self, batch, batch_idx):
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        # a NaN or inf image would spread into every weight at its step's update, and from there into the EMA,
+        # every later checkpoint and the exported prior: stop before the update. Checked here, on the host before
+        # the batch moves to the device, so that the training step needs no device-to-host sync for it
         x0 = _images(batch)
-        # a NaN or inf image would spread into every weight at this step's update, and from there into the EMA,
-        # every later checkpoint and the exported prior: stop before the update
         finite = torch.isfinite(x0.flatten(1)).all(1)
         if not finite.all():
             bad = torch.nonzero(~finite).flatten().tolist()
-            raise InputError(f"training batch {batch_idx} (global step {self.global_step}): image(s) {bad[:10]} of "
-                             f"its {x0.shape[0]} hold NaN or inf pixels; training stopped before this step's update, "
-                             "no checkpoint or prior written from it: clean or remove those images from the training "
-                             "set")
+            raise InputError(f"a batch at global step {self.global_step}: image(s) {bad[:10]} of its {x0.shape[0]} "
+                             "hold NaN or inf pixels; training stopped before this step's update, no checkpoint or "
+                             "prior written from it: clean or remove those images from the training set")
+        return batch
+
+    def training_step(self, batch, batch_idx):
+        x0 = _images(batch)
         loss = dsm_loss(self.net, self.sde, x0, self._step_generator(0), self.hparams.t_eps)
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
         return loss

@@ -133,10 +133,10 @@ def load_lens(lens_cfg: Mapping, data_dir, size: int | None = None, dq_bad_bits=
                                    ra=ra, dec=dec, name=name, psf_oversampling=cfg.get("psf_oversampling", 1),
                                    user_mask=mask_of(cfg.get("mask")), filter=cfg.get("filter"))
     crop = cfg.get("cutout")  # the co-add's own pixels: the global `size` is in FLT detector pixels
-    if crop is not None and any(int(crop) > min(e.shape) for e in data.exposures):
-        log.warning("%s: lens.cutout=%d is larger than the co-add (%s pixels); the whole image is used", name,
-                    int(crop), data.exposures[0].shape)
     if crop is not None:
+        if any(int(crop) > min(e.shape) for e in data.exposures):
+            log.warning("%s: lens.cutout=%d is larger than the co-add (%s pixels); the whole image is used", name,
+                        int(crop), data.exposures[0].shape)
         cropped = [e.crop(int(crop)) for e in data.exposures]
         if any(c.shape != e.shape for c, e in zip(cropped, data.exposures, strict=True)):
             log.info("%s: co-add cropped from %s to its central %s pixels", name, data.exposures[0].shape,

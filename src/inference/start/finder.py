@@ -169,7 +169,7 @@ class StartFinder:
         lo, hi, n = s.light_sigmas
         self.sigmas = torch.logspace(math.log10(lo), math.log10(hi), int(n), dtype=ref.dtype, device=ref.device)
         # amplitude priors in data units: weak, scaled to the data's bright end (the source's: to what the lens
-        # light leaves, once it is fitted, `_light_start`)
+        # light leaves, once it is fitted, `_scale_source_prior`)
         self.peak = float(torch.quantile(d.data.float(), 0.995).clamp(min=1e-12))
         self.source_peak = self.peak
         self.use_blobs(s.source_blobs[0])
@@ -177,11 +177,16 @@ class StartFinder:
     def use_blobs(self, n: int) -> None:
         """Model the source with n x n Gaussian blobs over `source_fov`, each as wide as their spacing."""
         s = self.s
-        self.n_blobs = n
         self.offsets = blob_centres(n, s.source_fov, self.dtype, self.device)
         self.width = s.source_fov / (n - 1)
-        self.prior_sd = torch.cat([torch.full((n * n,), s.source_prior * self.source_peak),
-                                   torch.full((len(self.sigmas),), s.light_prior * self.peak)]).to(self.dtype)
+        self.prior_sd = self._prior_sd()
+
+    def _prior_sd(self, source_scale: float = 1.0) -> Tensor:
+        """Prior sd of each amplitude [K] (data units): the blobs' `source_prior` x `source_peak` x source_scale,
+        then the light Gaussians' `light_prior` x `peak`."""
+        s = self.s
+        return torch.cat([torch.full((len(self.offsets),), s.source_prior * self.source_peak * source_scale),
+                          torch.full((len(self.sigmas),), s.light_prior * self.peak)]).to(self.dtype)
 
     # --- the model -----------------------------------------------------------------------------------------------
     def _positions(self, b: int) -> tuple[Tensor, Tensor]:
@@ -210,11 +215,13 @@ class StartFinder:
         """The linear solve at nonlinear parameters p {name: [B]}: a `LinearFit` over the source blobs and the
         light Gaussians (only the latter with light_only)."""
         d = self.data
-        light = self.light_columns(p)
         if light_only:
-            return linear_fit(light, d.data, d.weight, self.prior_sd[len(self.offsets):])
-        cols = torch.cat([self.source_columns(p), light], dim=1)
-        return linear_fit(cols, d.data, d.weight, self.prior_sd)
+            return linear_fit(self.light_columns(p), d.data, d.weight, self.prior_sd[len(self.offsets):])
+        return linear_fit(self.columns(p), d.data, d.weight, self.prior_sd)
+
+    def columns(self, p: Mapping[str, Tensor]) -> Tensor:
+        """All basis images at p: the source blobs, then the light Gaussians, [B, K, P]."""
+        return torch.cat([self.source_columns(p), self.light_columns(p)], dim=1)
 
     # --- optimisation --------------------------------------------------------------------------------------------
     def _clamp(self, p: dict[str, Tensor]) -> None:
@@ -274,19 +281,16 @@ class StartFinder:
         (two points a decade), and chi^2 and amplitudes are those of the most probable scale: a fixed scale
         favours one magnification over another (the Occam factor of blobs the data constrain well grows with the
         prior's width), where the scale the data prefer compares models of different magnification fairly."""
-        d, n_src = self.data, len(self.offsets)
+        d = self.data
         n_scales = 1 + round(2 * self.s.source_prior_decades)
-        scales = torch.logspace(-self.s.source_prior_decades, 0.0, n_scales, dtype=self.dtype, device=self.device)
+        scales = torch.logspace(-self.s.source_prior_decades, 0.0, n_scales, dtype=torch.float64).tolist()
+        sds = [self._prior_sd(scale) for scale in scales]
         outs = []
         b_all = next(iter(p.values())).shape[0]
         for i in range(0, b_all, self.s.batch):
             chunk = {k: v[i:i + self.s.batch] for k, v in p.items()}
-            cols = torch.cat([self.source_columns(chunk), self.light_columns(chunk)], dim=1)
-            fits = []
-            for scale in scales:
-                sd = self.prior_sd.clone()
-                sd[:n_src] *= scale
-                fits.append(linear_fit(cols, d.data, d.weight, sd))
+            cols = self.columns(chunk)
+            fits = [linear_fit(cols, d.data, d.weight, sd) for sd in sds]
             lz = torch.nan_to_num(torch.stack([f.log_evidence for f in fits]), nan=-math.inf)   # [S, B]
             at = (lz.argmax(0), torch.arange(lz.shape[1], device=lz.device))  # each start's most probable scale
             outs.append((torch.logsumexp(lz, 0) - math.log(n_scales),
@@ -319,7 +323,7 @@ class StartFinder:
         used = residual[self.data.weight > 0]
         if used.numel():
             self.source_peak = float(torch.quantile(used.float(), 0.995).clamp(min=1e-12))
-        self.use_blobs(self.n_blobs)
+        self.prior_sd = self._prior_sd()
 
     def _starts(self, light: Mapping[str, Tensor], seeds: list[Mapping[str, float]]) -> dict[str, Tensor]:
         """`starts` scrambled-Sobol points (theta_E log-uniform, ellipticity and shear uniform in disks, the source
