@@ -36,6 +36,7 @@ from ..lensing.forward import ForwardModel
 from .gaussian_draw import gaussian_draw
 from .likelihood import GaussianLikelihood
 from .mala import MALA, MALATuning
+from .mass_in_draw import source_and_mass
 from .parameters import ParameterSpace
 from .posterior_sde import FluxMap, sample_component
 from .psf.step import PSFModel
@@ -145,6 +146,20 @@ class GibbsSampler:
                                 x_start=None if t_start >= 1.0 else current, t_start=t_start, t_min=t_min,
                                 temperature=temperature, generator=gen)
 
+    def source_mass_block(self, state: SamplerState, kernels: Tensor, stage: Stage, temperature: float,
+                          t_start: float, gen: torch.Generator) -> dict:
+        """The source block with `stage.mass_in_draw` MALA steps on the mass and shifts before each step of its
+        reverse SDE (`mass_in_draw.py`), in place (state.source, state.u); returns the in-draw acceptance rate."""
+        prior = self.p.priors["source"]
+        t_min = stage.sde.end_time(prior.sde, temperature, self.p.noise, self.p.flux["source"].scale, t_start)
+        tuning = state.mala.at_temperature(temperature)
+        state.source, state.u, acc, prop = source_and_mass(
+            self.p, self.precond, state.u, state.lens_light, kernels, stage.sde,
+            x_start=None if t_start >= 1.0 else state.source, t_start=t_start, t_min=t_min, temperature=temperature,
+            step=tuning.step, mala_steps=stage.mass_in_draw, target_accept=self.target_accept, generator=gen,
+            covariance=self.split.covariance)
+        return {"draw_acceptance": float(acc.sum() / prop.sum().clamp(min=1))}
+
     def mass_block(self, state: SamplerState, kernels: Tensor, stage: Stage, temperature: float, adapt: bool,
                    gen: torch.Generator, rho: Mapping[str, float] | None = None) -> tuple[Tensor, MALATuning]:
         """`stage.mala_steps` MALA steps on the free sampled coordinates of the mass and shifts given the images,
@@ -219,13 +234,18 @@ class GibbsSampler:
         if k == 0:
             state.mala = stage_tuning(state.mala)
         before = state.mala
+        metrics_extra = {}
         if stage.rho is not None:
             self.split_blocks(state, kernels, stage, k, temperature, gen)
         else:
-            state.source = self.image_block("source", state, kernels, stage.sde, temperature, t_start, gen)
+            if stage.mass_in_draw and self.p.priors.get("source") is not None:
+                metrics_extra = self.source_mass_block(state, kernels, stage, temperature, t_start, gen)
+            else:
+                state.source = self.image_block("source", state, kernels, stage.sde, temperature, t_start, gen)
             state.u, state.mala = self.mass_block(state, kernels, stage, temperature, stage.adapts(k), gen)
             state.lens_light = self.image_block("lens_light", state, kernels, stage.sde, temperature, t_start, gen)
         metrics = self.metrics(state, kernels, before, stage, k, temperature)
+        metrics.update(metrics_extra)
         if stage.records(k):
             state.records.append(state.record(self.p.space.to_physical(state.u)))
         state.history.append(metrics)

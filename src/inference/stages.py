@@ -15,7 +15,9 @@ runs `sweeps` sweeps:
   not posterior samples;
 - rho: null, the images drawn by the reverse posterior SDE given the mass and the mass given the images; or
   [first sweep, last sweep] (geometric; a number: constant), split Gibbs (`split.py`) with coupling noise rho
-  times the tempered data noise, the mass updated with the images integrated out.
+  times the tempered data noise, the mass updated with the images integrated out;
+- mass_in_draw: MALA steps on the mass and shifts before each predictor step of the source draw
+  (`mass_in_draw.py`), which lets the mass move while the source is noisy; 0: only the mass block after it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Stage:
     record: int = 0
     rho: tuple[float, float] | None = None
     branch: bool = False
+    mass_in_draw: int = 0
 
     def __post_init__(self):
         where = f"sampler.stages.{self.name}"
@@ -54,6 +57,7 @@ class Stage:
             as_int("mala_steps", self.mala_steps, 0)
             as_int("burn_in", self.burn_in, 0)
             as_int("record", self.record, 0)
+            as_int("mass_in_draw", self.mass_in_draw, 0)
             first = as_float("first_t_start", self.first_t_start, optional=True)
         except SettingError as e:
             raise InputError(f"{where}.{e.key} {e.reason}") from None
@@ -73,6 +77,9 @@ class Stage:
             raise InputError(f"{where}.sde.predictor: split Gibbs draws the images by the prior's reverse SDE from "
                              f"the coupling's noise, which the deterministic heun cannot do; use euler_maruyama or "
                              f"reverse_diffusion")
+        if self.mass_in_draw and self.rho is not None:
+            raise InputError(f"{where}: mass_in_draw moves the mass inside the posterior-SDE source draw, which a "
+                             f"split-Gibbs stage (rho) does not run; set one of them")
         if first is not None and not self.sde.t_min < first <= 1:
             raise InputError(f"{where}.first_t_start must be in (t_min, 1] = ({self.sde.t_min}, 1], got {first}")
 

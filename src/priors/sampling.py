@@ -41,6 +41,7 @@ def sample_reverse_sde(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     progress: Callable[[int, int], None] | None = None,
+    before_step: Callable[[Tensor, Tensor], None] | None = None,
 ) -> Tensor:
     """Integrate the reverse-time SDE dx = -g(t)^2 score(x, t) dt + g(t) dw from t_start down to t_min.
 
@@ -60,6 +61,8 @@ def sample_reverse_sde(
         denoise: finish with the Tweedie step x + sigma(t_min)^2 score(x, t_min).
         generator: source of randomness (same generator state gives the same samples).
         progress: optional callback `progress(step, steps)` called after each step.
+        before_step: optional callback `before_step(x, t [B])` called before each predictor step with the state it
+            steps from (a caller that updates what `score_fn` depends on, e.g. the mass during a source draw).
 
     Returns:
         Samples of the given shape, in the units the score function works in.
@@ -74,6 +77,8 @@ def sample_reverse_sde(
         x = schedule.start(sde, shape, x_start, generator, device, dtype)
     batch = shape[0]
     for times in schedule.walk(batch, x.dtype, x.device):
+        if before_step is not None:
+            before_step(x, times.t)
         x = predict(score_fn, sde, x, times, generator)
         for _ in range(corrector_steps):
             x = langevin_step(score_fn, x, times.t_next, snr, generator)
