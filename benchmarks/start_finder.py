@@ -6,7 +6,10 @@ with `conf/start/`; the best mode's mass is printed beside the truth. The baseli
 one evaluation of the forward model for all starts at once: the ratio says what the search costs in forward-model
 evaluations. The demo's table in README.md:
     python benchmarks/start_finder.py --seeds 1 2 3 4 5
-Extra Hydra overrides go after `--`, e.g. `-- start.starts=48 observations.cutout=96`.
+Extra Hydra overrides go after `--`, e.g. `-- start.starts=48 observations.cutout=96`. Co-adds of your own (or the
+calibration benchmark's lenstronomy mocks), folders with image.fits, noise_map.fits, psf.fits and truth.json, run as
+`lens=fits` at 0.05 arcsec per pixel:
+    python benchmarks/start_finder.py --fits benchmarks/calibration_runs/data/coadd_s10*
 """
 
 from __future__ import annotations
@@ -36,14 +39,23 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--data-dir", default=str(ROOT / "data" / "start_finder"), help="mocks go to DATA_DIR/s<seed>")
     ap.add_argument("--experiment", default="demo")
+    ap.add_argument("--fits", nargs="+", default=[], help="co-add folders (image, noise_map, psf .fits, truth.json) "
+                    "run instead of the mock seeds")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the infer config")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)
     rows = []
-    for seed in args.seeds:
-        cfg = compose_config("infer", ["lens=mock", f"experiment={args.experiment}", f"lens.mock.seed={seed}",
-                                       f"paths.root_dir={ROOT}", f"paths.data_dir={args.data_dir}/s{seed}",
+    cases = [(Path(d).name, Path(d).resolve()) for d in args.fits] or [(s, None) for s in args.seeds]
+    for seed, folder in cases:
+        if folder is None:
+            lens = ["lens=mock", f"lens.mock.seed={seed}", f"paths.data_dir={args.data_dir}/s{seed}"]
+            truth_file = Path(args.data_dir) / f"s{seed}" / "mock" / "truth.json"
+        else:
+            lens = ["lens=fits", f"lens.image={folder / 'image.fits'}", f"lens.noise_map={folder / 'noise_map.fits'}",
+                    f"lens.psf={folder / 'psf.fits'}", "lens.pixel_scale=0.05"]
+            truth_file = folder / "truth.json"
+        cfg = compose_config("infer", [*lens, f"experiment={args.experiment}", f"paths.root_dir={ROOT}",
                                        "paths.log_dir=/tmp", *args.overrides])
         plain = OmegaConf.to_container(cfg, resolve=False)
         plain["paths"]["output_dir"] = "/tmp"
@@ -62,11 +74,11 @@ def main() -> None:
         with torch.no_grad():
             problem.model(mass, shifts, torch.zeros(b, n_s, n_s), torch.zeros(b, n_l, n_l), problem.psf)
         base = time.perf_counter() - t1
-        truth = json.loads((Path(args.data_dir) / f"s{seed}" / "mock" / "truth.json").read_text())["mass"]
+        truth = json.loads(truth_file.read_text())["mass"]
         best = result.modes[0].mass()
         err = best["theta_E"] / truth["theta_E"] - 1
         rows.append((seed, best, truth, err, seconds, seconds / base))
-        log.info("seed %d: theta_E %.4f vs truth %.4f (%+.1f%%), q %.3f vs %.3f, %d mode(s), %.1f s = %.0f forward "
+        log.info("%s: theta_E %.4f vs truth %.4f (%+.1f%%), q %.3f vs %.3f, %d mode(s), %.1f s = %.0f forward "
                  "evaluations of all starts", seed, best["theta_E"], truth["theta_E"], 100 * err, best["q"],
                  truth["q"], len(result.modes), seconds, seconds / base)
     found = sum(abs(r[3]) < 0.05 for r in rows)

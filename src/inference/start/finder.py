@@ -68,7 +68,7 @@ class StartSettings:
     source_offset_max: float = 0.3
     centre_max: float = 0.5
     source_blobs: tuple[int, int] = (12, 16)
-    source_fov: float = 1.0
+    source_fov: float = 0.6
     light_sigmas: tuple[float, float, int] = (0.03, 3.0, 8)
     source_prior: float = 3.0
     source_prior_decades: float = 3.0
