@@ -102,6 +102,18 @@ def test_warnings_name_unmixed_parameters_few_draws_and_theta_E_modes():
     assert q["median"] == pytest.approx(0.8) and np.isnan(q["rhat"]) and np.isnan(q["ess_bulk"])
 
 
+def test_disagreeing_chains_are_told_with_their_fit():
+    rng = np.random.default_rng(6)
+    params = chains_of(rng, chains=4, draws=100)
+    params["theta_E"] = 1.2 + rng.normal(0, 0.002, (4, 100))
+    params["theta_E"][1] -= 0.3  # chain 1 in another mode
+    rows = summarize(params)
+    modes = [w for w in diagnostic_warnings(params, rows, np.array([1.21, 1.63, 1.2, 1.19]))
+             if w.startswith("chains disagree")]
+    assert len(modes) == 1 and "reduced chi^2 by chain" in modes[0] and "1: 1.630" in modes[0]
+    assert "reduced chi^2" not in diagnostic_warnings(params, rows)[-1]
+
+
 def test_mixed_chains_give_no_warnings():
     params = chains_of(np.random.default_rng(3), chains=4, draws=200)
     assert diagnostic_warnings(params, summarize(params)) == []

@@ -125,11 +125,13 @@ def write_summary(path: str | Path, params: Mapping[str, np.ndarray]) -> list[di
     return rows
 
 
-def diagnostic_warnings(params: Mapping[str, np.ndarray], rows: list[dict]) -> list[str]:
+def diagnostic_warnings(params: Mapping[str, np.ndarray], rows: list[dict],
+                        chain_chi2: np.ndarray | None = None) -> list[str]:
     """What not to trust in the summary `rows` of params {name: [chains, draws]}, one sentence per problem: too
     few draws for any diagnostic; mass parameters with R-hat > `RHAT_MAX` (chains not mixed); bulk ESS <
     `ESS_MIN` (the 95% and 99% bands are noise); chains whose theta_E medians sit apart (separate modes or stuck
-    chains; `diagnostics.disagreeing_chains`). Parameters held fixed (R-hat NaN) are never named."""
+    chains; `diagnostics.disagreeing_chains`), with each chain's reduced chi^2 when `chain_chi2` [chains] is given
+    (which of the modes fits the data). Parameters held fixed (R-hat NaN) are never named."""
     chains, draws = _shape(params)
     if draws < MIN_DRAWS:
         return [f"R-hat and ESS need at least {MIN_DRAWS} recorded sweeps per chain, got {draws}: they are NaN "
@@ -150,5 +152,7 @@ def diagnostic_warnings(params: Mapping[str, np.ndarray], rows: list[dict]) -> l
             out.append(f"chains disagree about theta_E (separate modes or stuck chains): chain {lo} median "
                        f"{med[lo]:.4f} vs chain {hi} median {med[hi]:.4f} arcsec, more than {MODE_N_SD:g} "
                        f"within-chain sd ({modes['sd']:.2g}) and {MODE_REL:.1%} apart; medians by chain: "
-                       + ", ".join(f"{c}: {m:.4f}" for c, m in enumerate(med)))
+                       + ", ".join(f"{c}: {m:.4f}" for c, m in enumerate(med))
+                       + ("" if chain_chi2 is None else "; reduced chi^2 by chain (mean over its recorded sweeps): "
+                          + ", ".join(f"{c}: {x:.3f}" for c, x in enumerate(np.asarray(chain_chi2)))))
     return out

@@ -159,7 +159,7 @@ def write_outputs(sampler: GibbsSampler, state: SamplerState, data, geometry, ou
                          "source_pixel_scale": geometry.source.pixel_scale,
                          "lens_light_pixel_scale": geometry.lens_light.pixel_scale, "lens": str(data.name)})
     rows = write_summary(out / "summary.csv", chains)
-    warnings = log_diagnostics(rows, chains)
+    warnings = log_diagnostics(rows, chains, chain_chi2(sampler, records))
     # the posterior-mean model (the mean of the samples' model images, not the model of the mean sample: chains
     # in different modes would blur into a model none of them is) and its reduced chi^2 per exposure
     parts = mean_components(sampler, v, images["source"], images["lens_light"], kernels)
@@ -176,14 +176,27 @@ def write_outputs(sampler: GibbsSampler, state: SamplerState, data, geometry, ou
     return summary
 
 
-def log_diagnostics(rows: list[dict], chains: dict) -> list[str]:
+@torch.no_grad()
+def chain_chi2(sampler: GibbsSampler, records: list[Record]) -> np.ndarray:
+    """Each chain's reduced chi^2, averaged over the exposures and its recorded sweeps, [chains]: which of chains
+    that disagree fits the data."""
+    space, total = sampler.p.space, 0.0
+    for r in records:
+        mass, shifts = space.unpack(space.to_sampled(r.v.to(sampler.p.psf)))
+        model = sampler.p.model(mass, shifts, r.source.to(sampler.p.psf), r.lens_light.to(sampler.p.psf),
+                                sampler.kernels(None if r.psf is None else r.psf.to(sampler.p.psf)))
+        total = total + sampler.p.likelihood.reduced_chi2(model).mean(1)
+    return (total / len(records)).cpu().numpy()
+
+
+def log_diagnostics(rows: list[dict], chains: dict, chain_chi2: np.ndarray | None = None) -> list[str]:
     """Log each mass parameter's R-hat and bulk ESS (summary.csv's `rows`) in one line and each of
     `results.diagnostic_warnings` of the samples `chains` {name: [chains, draws]} as a warning; returns those."""
     n_chains, draws = next(iter(chains.values())).shape
     cells = [f"{r['parameter']} fixed" if np.isnan(r["rhat"]) and np.ptp(chains[r["parameter"]]) == 0
              else f"{r['parameter']} {r['rhat']:.3f}/{r['ess_bulk']:.0f}" for r in rows]
     log.info("R-hat/bulk ESS over %d chains x %d recorded sweeps: %s", n_chains, draws, ", ".join(cells))
-    warnings = diagnostic_warnings(chains, rows)
+    warnings = diagnostic_warnings(chains, rows, chain_chi2)
     for w in warnings:
         log.warning("%s", w)
     return warnings
