@@ -319,6 +319,10 @@ def test_posterior_mean_model_is_the_mean_of_the_samples_models():
     mass, shifts = sampler.p.space.split(v)
     each = sampler.p.model(mass, shifts, source, light, sampler.p.psf)
     torch.testing.assert_close(parts["source"] + parts["lens_light"], each.mean(0))
+    # each sample's reduced chi^2 (mean over exposures), from the residuals written out here
+    lk = sampler.p.likelihood
+    chi2 = (((lk.data - each) ** 2 / lk.variance) * lk.mask).sum((2, 3)) / lk.mask.sum((1, 2))
+    torch.testing.assert_close(parts["chi2"], chi2.mean(1))
 
 
 def test_psf_step_draws_each_chains_psfs_at_start_and_every_nth_sweep():

@@ -170,21 +170,13 @@ class GibbsSampler:
         u0, source, lens_light = state.u, state.source, state.lens_light
         images = {"source": source, "lens_light": lens_light}
 
-        def log_prob(free: Tensor) -> tuple[Tensor, Tensor]:
-            with torch.enable_grad():
-                free = free.detach().requires_grad_(True)
-                u = space.embed(free, u0)
-                lp = space.log_prior(u)
-                mass, shifts = space.unpack(u)
-                if rho:
-                    lp = lp + collapsed_log_likelihood(model, likelihood, mass, shifts, images, rho, kernels,
-                                                       temperature, self.split.covariance)
-                else:
-                    lp = lp + likelihood.log_prob(model(mass, shifts, source, lens_light, kernels), temperature)
-                ok = torch.isfinite(lp)
-                (grad,) = torch.autograd.grad(torch.where(ok, lp, torch.zeros_like(lp)).sum(), free)
-            return lp.detach(), grad
+        def log_likelihood(mass, shifts):
+            if rho:
+                return collapsed_log_likelihood(model, likelihood, mass, shifts, images, rho, kernels, temperature,
+                                                self.split.covariance)
+            return likelihood.log_prob(model(mass, shifts, source, lens_light, kernels), temperature)
 
+        log_prob = space.free_log_prob(u0, log_likelihood)
         kernel = MALA(log_prob, self.precond, target_accept=self.target_accept)
         chain = kernel.resume(space.free_part(u0), state.mala.at_temperature(temperature))
         chain = kernel.run(chain, stage.mala_steps, gen, adapt=adapt)

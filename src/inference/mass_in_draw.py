@@ -105,18 +105,9 @@ def source_and_mass(problem, precond: Tensor, u: Tensor, lens_light: Tensor, ker
         rho = float(sigma[0]) * flux.scale
         u0 = current["u"]
 
-        def log_prob(free: Tensor) -> tuple[Tensor, Tensor]:
-            with torch.enable_grad():
-                free = free.detach().requires_grad_(True)
-                uu = space.embed(free, u0)
-                mass, shifts = space.unpack(uu)
-                lp = space.log_prior(uu) + collapsed_log_likelihood(
-                    model, likelihood, mass, shifts, {"source": z, "lens_light": lens_light}, {"source": rho},
-                    kernels, temperature, covariance)
-                ok = torch.isfinite(lp)
-                (grad,) = torch.autograd.grad(torch.where(ok, lp, torch.zeros_like(lp)).sum(), free)
-            return lp.detach(), grad
-
+        log_prob = space.free_log_prob(u0, lambda mass, shifts: collapsed_log_likelihood(
+            model, likelihood, mass, shifts, {"source": z, "lens_light": lens_light}, {"source": rho}, kernels,
+            temperature, covariance))
         kernel = MALA(log_prob, precond, target_accept=target_accept)
         chain = kernel.init(space.free_part(u0), h)
         for _ in range(mala_steps):

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -411,6 +411,22 @@ class ParameterSpace:
             inside = (s.abs() <= self.shift_max).all(-1)
             out = torch.where(inside, out, torch.full_like(out, -math.inf))
         return out
+
+    def free_log_prob(self, u: Tensor, log_likelihood: Callable[[dict[str, Tensor], Tensor], Tensor]
+                      ) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        """MALA's target over the free coordinates of u [B, D]: free [B, D_free] -> (log prior + log_likelihood(mass,
+        shifts) [B], its gradient [B, D_free]); a chain whose value is not finite gets a zero gradient (MALA rejects
+        it)."""
+        def log_prob(free: Tensor) -> tuple[Tensor, Tensor]:
+            with torch.enable_grad():
+                free = free.detach().requires_grad_(True)
+                full = self.embed(free, u)
+                lp = self.log_prior(full) + log_likelihood(*self.unpack(full))
+                ok = torch.isfinite(lp)
+                (grad,) = torch.autograd.grad(torch.where(ok, lp, torch.zeros_like(lp)).sum(), free)
+            return lp.detach(), grad
+
+        return log_prob
 
     def outside(self, u: Tensor) -> list[str]:
         """The config entries (and shift names) whose prior is zero at some chain of u [B, D]."""

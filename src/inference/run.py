@@ -150,7 +150,8 @@ def write_outputs(sampler: GibbsSampler, state: SamplerState, data, geometry, ou
     v = torch.cat([r.v for r in records]).cpu()
     names = sampler.p.space.names
     params = {n: v[:, i].numpy() for i, n in enumerate(names)}
-    chains = {n: by_chain(x, records[0].v.shape[0]) for n, x in params.items()}  # [chains, recorded sweeps]
+    n_chains = records[0].v.shape[0]
+    chains = {n: by_chain(x, n_chains) for n, x in params.items()}  # [chains, recorded sweeps]
     images = {k: torch.cat([getattr(r, k) for r in records]).cpu().numpy() for k in ("source", "lens_light")}
     images.update(psf_samples(sampler, records))
     kernels = images["psf"] if images["psf"].ndim == 4 else None
@@ -159,10 +160,11 @@ def write_outputs(sampler: GibbsSampler, state: SamplerState, data, geometry, ou
                          "source_pixel_scale": geometry.source.pixel_scale,
                          "lens_light_pixel_scale": geometry.lens_light.pixel_scale, "lens": str(data.name)})
     rows = write_summary(out / "summary.csv", chains)
-    warnings = log_diagnostics(rows, chains, chain_chi2(sampler, records))
     # the posterior-mean model (the mean of the samples' model images, not the model of the mean sample: chains
     # in different modes would blur into a model none of them is) and its reduced chi^2 per exposure
     parts = mean_components(sampler, v, images["source"], images["lens_light"], kernels)
+    # each chain's fit, mean over its recorded sweeps: which of chains that disagree fits the data
+    warnings = log_diagnostics(rows, chains, by_chain(parts["chi2"].cpu().numpy(), n_chains).mean(1))
     with torch.no_grad():
         chi2 = sampler.p.likelihood.reduced_chi2((parts["source"] + parts["lens_light"])[None])[0].cpu().numpy()
     atomic_write_text(out / "chi2.csv", "exposure,reduced_chi2\n" + "".join(
@@ -174,19 +176,6 @@ def write_outputs(sampler: GibbsSampler, state: SamplerState, data, geometry, ou
     log.info("wrote %s: %d samples, reduced chi2 per exposure %s, theta_E median %.4f", out, v.shape[0],
              np.round(chi2, 3).tolist(), summary["theta_E_median"])
     return summary
-
-
-@torch.no_grad()
-def chain_chi2(sampler: GibbsSampler, records: list[Record]) -> np.ndarray:
-    """Each chain's reduced chi^2, averaged over the exposures and its recorded sweeps, [chains]: which of chains
-    that disagree fits the data."""
-    space, total = sampler.p.space, 0.0
-    for r in records:
-        mass, shifts = space.unpack(space.to_sampled(r.v.to(sampler.p.psf)))
-        model = sampler.p.model(mass, shifts, r.source.to(sampler.p.psf), r.lens_light.to(sampler.p.psf),
-                                sampler.kernels(None if r.psf is None else r.psf.to(sampler.p.psf)))
-        total = total + sampler.p.likelihood.reduced_chi2(model).mean(1)
-    return (total / len(records)).cpu().numpy()
 
 
 def log_diagnostics(rows: list[dict], chains: dict, chain_chi2: np.ndarray | None = None) -> list[str]:
@@ -223,17 +212,20 @@ def psf_samples(sampler: GibbsSampler, records: list[Record]) -> dict:
 def mean_components(sampler: GibbsSampler, v: torch.Tensor, source, lens_light, psf=None, batch: int = 16) -> dict:
     """Posterior means of the lensed-source and lens-light model images, each [n_exp, H, W], over the samples
     v [N, D] (physical vectors), source [N, n, n], lens_light [N, m, m] (arrays or tensors) with their PSF kernels psf
-    [N, n_exp, K, K] (None: the fixed PSFs), `batch` samples at a time."""
+    [N, n_exp, K, K] (None: the fixed PSFs), `batch` samples at a time; and "chi2": each sample's reduced chi^2,
+    mean over the exposures, [N]."""
     ref = sampler.p.psf
     total = {"source": 0.0, "lens_light": 0.0}
+    chi2 = []
     for i in range(0, v.shape[0], batch):
         mass, shifts = sampler.p.space.split(v[i:i + batch].to(ref))
         kernel = ref if psf is None else torch.as_tensor(psf[i:i + batch]).to(ref)
         parts = sampler.p.model.components(mass, shifts, torch.as_tensor(source[i:i + batch]).to(ref),
                                            torch.as_tensor(lens_light[i:i + batch]).to(ref), kernel)
+        chi2.append(sampler.p.likelihood.reduced_chi2(parts["source"] + parts["lens_light"]).mean(1))
         for k in total:
             total[k] = total[k] + parts[k].sum(0)
-    return {k: t / v.shape[0] for k, t in total.items()}
+    return {**{k: t / v.shape[0] for k, t in total.items()}, "chi2": torch.cat(chi2)}
 
 
 def initial_state(sampler: GibbsSampler, problem, geometry, cfg: dict) -> SamplerState:
