@@ -74,7 +74,7 @@ def test_writes_samples_summary_truth_and_figures(smoke_run):
     # two draws a chain are too few for R-hat and ESS: NaN, and the log says why, once
     assert all(r["rhat"] == "nan" and r["ess_bulk"] == "nan" for r in rows)
     assert set(json.loads((out / "truth.json").read_text())["mass"]) == set(PARAM_NAMES)
-    for name in ("exposures", "source", "corner", "images"):
+    for name in ("exposures", "source", "corner", "trace", "images"):
         assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}.pdf").stat().st_size > 0
     # W&B (offline) got the per-sweep metrics; without a terminal the log has a line per sweep
     runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -88,6 +88,46 @@ def test_writes_samples_summary_truth_and_figures(smoke_run):
     assert "R-hat/bulk ESS over 2 chains x 2 recorded sweeps" in text
     # the chains start where the start finder put them (init_from: auto)
     assert "start finder: 4 starts on" in text and "mode 0: theta_E" in text and "chains per mode: mode 0" in text
+
+
+@pytest.mark.slow
+def test_outputs_open_in_astropy_and_arviz_with_wcs_and_units(smoke_run):
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+    from astropy.io import fits
+    from astropy.table import QTable
+    from astropy.wcs import WCS
+
+    from scorelens.inference.inference_data import arviz
+
+    out, *_ = smoke_run
+    lens = SkyCoord(150.11916, 2.20583, unit="deg")  # conf/lens/mock.yaml
+    with fits.open(out / "model.fits") as f:
+        assert [(h.name, h.ver) for h in f[1:3]] == [("MEDIAN", 1), ("SD", 1)] and len(f) == 1 + 2 * 4
+        w = WCS(f["MEDIAN", 1].header)
+        assert w.has_celestial and f["MEDIAN", 1].data.shape == (48, 48)
+        # the lens lies within the cutout
+        assert w.world_to_pixel(lens)[0] == pytest.approx(23.5, abs=3)
+    with fits.open(out / "source.fits") as f:
+        w = WCS(f["MEDIAN"].header)
+        assert w.pixel_to_world(15.5, 15.5).separation(lens).arcsec < 1e-3 and f["SD"].data.shape == (32, 32)
+    with fits.open(out / "residual.fits") as f:
+        assert {h.name for h in f[1:]} == {"MEDIAN", "SD", "NORMRES"}
+    with fits.open(out / "lens_light.fits") as f:
+        assert f["MEDIAN"].data.shape == (48, 48)
+    t = QTable.read(out / "summary.ecsv")
+    t.add_index("statistic")
+    assert t["theta_E"].unit == u.arcsec and t["theta_E_kpc"].unit == u.kpc and t["M_E"].unit == u.solMass
+    assert t["pa"].unit == u.deg and t.meta["cosmology"] == "Planck18" and t.meta["z_source"] == 0.575
+    with (out / "summary.csv").open() as fh:
+        csv_median = {r["parameter"]: float(r["median"]) for r in csv.DictReader(fh)}
+    assert t.loc["median"]["theta_E"].to_value(u.arcsec) == pytest.approx(csv_median["theta_E"], rel=1e-5)
+    az = arviz()
+    idata = az.from_netcdf(out / "samples.nc")
+    assert dict(idata.posterior.sizes) == {"chain": 2, "draw": 2}
+    assert set(PARAM_NAMES) <= set(idata.posterior.data_vars) and "shift_1_x" in idata.posterior
+    s = az.summary(idata, var_names=["theta_E", "q"], round_to="none")
+    assert s.loc["theta_E", "mean"] == pytest.approx(float(np.mean(idata.posterior["theta_E"])))
 
 
 @pytest.mark.slow

@@ -15,6 +15,9 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="infer")
 def main(cfg: DictConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # figures are files: no window, also on login nodes without a display
     from ..inference.run import infer
 
     try:

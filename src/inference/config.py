@@ -33,6 +33,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from ..errors import InputError
 from ..lensing.mass import PARAM_NAMES
+from .summary_table import cosmology
 
 Number = int | float  # YAML writes 3 and 3.0 differently; both are numbers here
 
@@ -235,6 +236,7 @@ class InferConfig:
     seed: int = MISSING
     resume: bool | str = MISSING     # auto, false, ...
     chi2_max: float | None = MISSING  # null: no check of the final fit
+    cosmology: str = MISSING         # an astropy realization for physical scales in outputs (summary.ecsv, figures)
     priors: PriorsConfig = field(default_factory=PriorsConfig)
     flux: FluxConfig = field(default_factory=FluxConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -335,6 +337,7 @@ def _check_values(node: DictConfig) -> None:
         raise InputError(f"sampler.dtype={node.sampler.dtype!r}: write one of {', '.join(DTYPES)}")
     check_device(node.sampler.device, "sampler.device")
     positive("chi2_max", node.get("chi2_max"), allow_none=True)
+    cosmology(node.cosmology)
     resume = node.get("resume")
     if resume not in RESUME:
         raise InputError(f"resume={resume!r}: write auto (continue this folder's run if its inputs are the same) or "

@@ -1,7 +1,9 @@
-"""The figures of a lens inference, as PNG and PDF: per-exposure panels, the source, a corner plot, image summaries.
+"""The figures of a lens inference, as PNG and PDF: per-exposure panels, the source, a corner plot (`corner`), trace
+plots (ArviZ), image summaries.
 
 Sky images (source, lens light) are shown north up and east left, as astronomers expect: x (east) grows to the
-left. Detector images are shown in their own pixel frame.
+left. Detector images are shown in their own pixel frame. The matplotlib backend is the caller's choice (the
+command-line entry points choose Agg); this module never switches it.
 """
 
 from __future__ import annotations
@@ -9,21 +11,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.colors import LogNorm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from astropy.cosmology import FlatLambdaCDM  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-
-from ..atomic import atomic_write  # noqa: E402
-from ..lensing.critical import caustics, critical_curves  # noqa: E402
-from ..lensing.mass import PARAM_NAMES  # noqa: E402
+from ..atomic import atomic_write
+from ..lensing.critical import caustics, critical_curves
+from ..lensing.mass import PARAM_NAMES
+from .inference_data import arviz
+from .summary_table import cosmology
 
 log = logging.getLogger(__name__)
-COSMO = FlatLambdaCDM(H0=70, Om0=0.3)
 LABELS = {"theta_E": r"$\theta_E$", "gamma": r"$t$", "q": "$q$", "phi": r"$\varphi$", "x0": "$x_0$", "y0": "$y_0$",
           "gamma_ext": r"$\gamma_{ext}$", "phi_ext": r"$\varphi_{ext}$", "a3": "$a_3$", "phi3": r"$\varphi_3$",
           "a4": "$a_4$", "phi4": r"$\varphi_4$"}
@@ -59,7 +58,8 @@ def _curves(params: dict, geometry) -> tuple[list, list]:
     return crit, caustics(mass, crit)
 
 
-def _source_panel(ax, source: np.ndarray, geometry, caus: list, z_source: float | None, title: str) -> None:
+def _source_panel(ax, source: np.ndarray, geometry, caus: list, z_source: float | None, title: str,
+                  cosmo=None) -> None:
     ax.imshow(source, origin="lower", extent=_sky_extent(geometry.source), cmap="magma")
     for c in caus:
         ax.plot(c[:, 0], c[:, 1], color="cyan", lw=0.8)
@@ -68,8 +68,8 @@ def _source_panel(ax, source: np.ndarray, geometry, caus: list, z_source: float 
     ax.set_xlabel(r"$\Delta$RA [arcsec]")
     ax.set_ylabel(r"$\Delta$Dec [arcsec]")
     ax.set_title(title)
-    if z_source:
-        kpc_per_arcsec = COSMO.kpc_proper_per_arcmin(z_source).value / 60.0
+    if z_source and cosmo is not None:
+        kpc_per_arcsec = cosmo.kpc_proper_per_arcmin(z_source).value / 60.0
         length = 1.0 if geometry.source.fov * kpc_per_arcsec > 3 else 0.5
         bar = length / kpc_per_arcsec
         x0, x1, y0, _ = _sky_extent(geometry.source)
@@ -116,67 +116,60 @@ def exposure_figure(sampler, parts: dict, source: np.ndarray, data, geometry, ca
     _save(fig, out, "exposures")
 
 
-def source_figure(source: np.ndarray, geometry, caus: list, z_source, out: Path) -> None:
-    """Paper Fig. 2: the posterior-mean source with the caustics, its redshift and a kpc scale bar."""
+def source_figure(source: np.ndarray, geometry, caus: list, z_source, out: Path, cosmo=None) -> None:
+    """Paper Fig. 2: the posterior-mean source with the caustics, its redshift and a kpc scale bar (with z_source
+    and an astropy cosmology `cosmo`)."""
     fig, ax = plt.subplots(figsize=(5, 5))
-    _source_panel(ax, source, geometry, caus, z_source, "source (posterior mean)")
+    _source_panel(ax, source, geometry, caus, z_source, "source (posterior mean)", cosmo)
     _save(fig, out, "source")
 
 
-def _levels(h: np.ndarray, fractions=(0.393, 0.865, 0.989)) -> list[float]:
-    flat = np.sort(h.ravel())[::-1]
-    cum = np.cumsum(flat) / max(flat.sum(), 1e-300)
-    lv = [flat[min(np.searchsorted(cum, f), len(flat) - 1)] for f in fractions]
-    return sorted(set(lv))
+def _varying(params: dict) -> list[str]:
+    return [k for k in PARAM_NAMES if k in params and np.ptp(params[k]) > 0]
+
+
+def _nothing_varied(out: Path, name: str, text: str = "no mass parameter varied across the samples") -> None:
+    # every proposal was rejected (or too few samples): say so instead of drawing empty axes
+    fig, ax = plt.subplots(figsize=(5, 2))
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.axis("off")
+    _save(fig, out, name)
 
 
 def corner_figure(params: dict, out: Path, truth: dict | None = None) -> None:
-    """Corner plot of the mass parameters that vary: 1/2/3-sigma contours, titles median +84/-16."""
-    names = [k for k in PARAM_NAMES if k in params and np.ptp(params[k]) > 0]
-    k = len(names)
-    if k == 0:  # every proposal was rejected: say so instead of drawing empty axes
-        fig, ax = plt.subplots(figsize=(4, 2))
-        ax.text(0.5, 0.5, "no mass parameter varied across the samples", ha="center", va="center")
-        ax.axis("off")
-        _save(fig, out, "corner")
+    """Corner plot (`corner.corner`) of the mass parameters that vary, over all draws pooled: 0.5/1/1.5/2-sigma
+    contours, titles median +84/-16, the truths in red where known (mocks)."""
+    import corner
+
+    names = _varying(params)
+    if not names:
+        _nothing_varied(out, "corner")
         return
-    fig, axes = plt.subplots(k, k, figsize=(1.9 * k, 1.9 * k), squeeze=False)
-    for i, yi in enumerate(names):
-        for j, xj in enumerate(names):
-            ax = axes[i, j]
-            if j > i:
-                ax.axis("off")
-                continue
-            x = params[xj]
-            if i == j:
-                ax.hist(x, bins=30, histtype="step", color="k")
-                p16, p50, p84 = np.percentile(x, [16, 50, 84])
-                for p in (p16, p50, p84):
-                    ax.axvline(p, color="k", ls="--" if p != p50 else "-", lw=0.8)
-                ax.set_title(f"{LABELS[xj]} = {p50:.4g}$^{{+{p84 - p50:.2g}}}_{{-{p50 - p16:.2g}}}$", fontsize=8)
-                ax.set_yticks([])
-            else:
-                y = params[yi]
-                h, xe, ye = np.histogram2d(x, y, bins=25)
-                lv = _levels(h)
-                ax.plot(x, y, ",", color="0.6", alpha=0.5)
-                if len(lv) > 0 and h.max() > 0:
-                    xc, yc = 0.5 * (xe[1:] + xe[:-1]), 0.5 * (ye[1:] + ye[:-1])
-                    ax.contour(xc, yc, h.T, levels=lv + [h.max() + 1], colors="k", linewidths=0.8)
-            if truth is not None and xj in truth:
-                ax.axvline(truth[xj], color="tab:red", lw=0.8)
-                if i != j and yi in truth:
-                    ax.axhline(truth[yi], color="tab:red", lw=0.8)
-            if i == k - 1:
-                ax.set_xlabel(LABELS[xj])
-            else:
-                ax.set_xticklabels([])
-            if j == 0 and i > 0:
-                ax.set_ylabel(LABELS[yi])
-            elif j > 0:
-                ax.set_yticklabels([])
-            ax.tick_params(labelsize=6)
+    x = np.stack([np.ravel(params[k]) for k in names], axis=1)
+    if len(x) <= len(names):
+        _nothing_varied(out, "corner", f"{len(x)} samples are too few for a corner plot of {len(names)} parameters")
+        return
+    truths = None if truth is None else [truth.get(k) for k in names]
+    fig = plt.figure(figsize=(1.9 * len(names), 1.9 * len(names)))
+    corner.corner(x, fig=fig, labels=[LABELS[k] for k in names], truths=truths, truth_color="tab:red",
+                  quantiles=[0.16, 0.5, 0.84], show_titles=True, title_fmt=".4g", title_kwargs={"fontsize": 8},
+                  label_kwargs={"fontsize": 9}, plot_datapoints=len(x) < 5000, bins=25)
     _save(fig, out, "corner")
+
+
+def trace_figure(params: dict, out: Path) -> None:
+    """Trace plots (ArviZ) of the mass parameters that vary: each chain's density (left) and its draws in the
+    order they were recorded (right), for the eye's R-hat."""
+    az = arviz()
+    names = _varying(params)
+    if not names:
+        _nothing_varied(out, "trace")
+        return
+    idata = az.from_dict(posterior={k: np.asarray(params[k], dtype=np.float64) for k in names})
+    fig, axes = plt.subplots(len(names), 2, figsize=(10, 1.8 * len(names)), squeeze=False)
+    az.plot_trace(idata, var_names=names, axes=axes, compact=False, show=False)
+    fig.tight_layout()
+    _save(fig, out, "trace")
 
 
 def images_figure(images: dict, geometry, out: Path) -> None:
@@ -221,12 +214,16 @@ def _psf_stack(images: dict) -> tuple[np.ndarray, str]:
 
 def make_figures(sampler, parts, params, images, data, geometry, out: Path, cfg: dict,
                  truth: dict | None = None) -> None:
-    """All figures; parts: the posterior-mean model components (`run.mean_components`)."""
+    """All figures; parts: the posterior-mean model components (`run.mean_components`); params: the mass and shift
+    draws {name: [chains, draws]}."""
     out = Path(out)
-    crit, caus = _curves(params, geometry)
+    pooled = {k: np.ravel(v) for k, v in params.items()}
+    crit, caus = _curves(pooled, geometry)
     z_source = cfg.get("lens", {}).get("z_source")
+    cosmo = cosmology(cfg["cosmology"])
     exposure_figure(sampler, parts, np.mean(images["source"], axis=0), data, geometry, caus, out)
-    source_figure(np.mean(images["source"], axis=0), geometry, caus, z_source, out)
-    corner_figure(params, out, truth)
+    source_figure(np.mean(images["source"], axis=0), geometry, caus, z_source, out, cosmo)
+    corner_figure(pooled, out, truth)
+    trace_figure(params, out)
     images_figure(images, geometry, out)
-    log.info("figures written to %s (exposures, source, corner, images; PNG and PDF)", out)
+    log.info("figures written to %s (exposures, source, corner, trace, images; PNG and PDF)", out)

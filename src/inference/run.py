@@ -24,6 +24,8 @@ from ..errors import InputError, PoorFitError
 from .config import check_init_from, is_mock, validate_infer_config
 from .figures import make_figures
 from .gibbs import GibbsSampler
+from .image_products import write_image_products
+from .inference_data import write_inference_data
 from .parameters import canonical_mass
 from .results import by_chain, diagnostic_warnings, write_samples, write_summary
 from .run_folder import check_resume, fresh_folder, holds_run, identity, read_record, run_lock, write_record
@@ -32,6 +34,7 @@ from .setup import build_problem
 from .split import SplitSettings
 from .stages import stages_from_config
 from .state import Record, SamplerState
+from .summary_table import write_summary_table
 from .tracking import SweepTracker
 
 log = logging.getLogger(__name__)
@@ -142,8 +145,9 @@ def _infer_locked(cfg: DictConfig, out: Path, root: str | Path, stages) -> dict:
 
 
 def write_outputs(sampler: GibbsSampler, state: SamplerState, data, geometry, out: Path, cfg: dict) -> dict:
-    """samples.h5, summary.csv, chi2.csv and the figures from the recorded sweeps (the records hold physical
-    parameters: amplitudes >= 0, angles folded into one period, `parameters.py`)."""
+    """samples.h5, samples.nc (ArviZ), summary.csv, summary.ecsv (physical units), chi2.csv, the FITS images
+    (`image_products`) and the figures from the recorded sweeps (the records hold physical parameters: amplitudes
+    >= 0, angles folded into one period, `parameters.py`)."""
     records = state.records
     if not records:
         raise InputError("no sweep was recorded: set `record` > 0 in the last sampler stage")
@@ -163,8 +167,14 @@ def write_outputs(sampler: GibbsSampler, state: SamplerState, data, geometry, ou
     # the posterior-mean model (the mean of the samples' model images, not the model of the mean sample: chains
     # in different modes would blur into a model none of them is) and its reduced chi^2 per exposure
     parts = mean_components(sampler, v, images["source"], images["lens_light"], kernels)
+    draw_chi2 = by_chain(parts["chi2"].cpu().numpy(), n_chains)  # [chains, draws]
     # each chain's fit, mean over its recorded sweeps: which of chains that disagree fits the data
-    warnings = log_diagnostics(rows, chains, by_chain(parts["chi2"].cpu().numpy(), n_chains).mean(1))
+    warnings = log_diagnostics(rows, chains, draw_chi2.mean(1))
+    lens = cfg["lens"]
+    write_summary_table(out / "summary.ecsv", chains, {**lens, "ra": data.ra, "dec": data.dec}, cfg["cosmology"])
+    write_inference_data(out / "samples.nc", chains, draw_chi2,
+                         attrs={"lens": str(data.name), "units": "arcsec and radians (DESIGN.md)"})
+    write_image_products(images, parts["model"], data, geometry, lens, out)
     with torch.no_grad():
         chi2 = sampler.p.likelihood.reduced_chi2((parts["source"] + parts["lens_light"])[None])[0].cpu().numpy()
     atomic_write_text(out / "chi2.csv", "exposure,reduced_chi2\n" + "".join(
@@ -172,7 +182,7 @@ def write_outputs(sampler: GibbsSampler, state: SamplerState, data, geometry, ou
     summary = {"reduced_chi2": chi2.tolist(), "n_samples": int(v.shape[0]),
                "theta_E_median": float(np.median(params["theta_E"])), "warnings": warnings}
     truth = write_truth(cfg, out)
-    make_figures(sampler, parts, params, images, data, geometry, out, cfg, truth)
+    make_figures(sampler, parts, chains, images, data, geometry, out, cfg, truth)
     log.info("wrote %s: %d samples, reduced chi2 per exposure %s, theta_E median %.4f", out, v.shape[0],
              np.round(chi2, 3).tolist(), summary["theta_E_median"])
     return summary
@@ -212,20 +222,23 @@ def psf_samples(sampler: GibbsSampler, records: list[Record]) -> dict:
 def mean_components(sampler: GibbsSampler, v: torch.Tensor, source, lens_light, psf=None, batch: int = 16) -> dict:
     """Posterior means of the lensed-source and lens-light model images, each [n_exp, H, W], over the samples
     v [N, D] (physical vectors), source [N, n, n], lens_light [N, m, m] (arrays or tensors) with their PSF kernels psf
-    [N, n_exp, K, K] (None: the fixed PSFs), `batch` samples at a time; and "chi2": each sample's reduced chi^2,
-    mean over the exposures, [N]."""
+    [N, n_exp, K, K] (None: the fixed PSFs), `batch` samples at a time; "chi2": each sample's reduced chi^2,
+    mean over the exposures, [N]; "model": each sample's model image (lensed source + lens light), [N, n_exp, H, W]
+    float32 on the CPU (for the posterior's median and spread)."""
     ref = sampler.p.psf
     total = {"source": 0.0, "lens_light": 0.0}
-    chi2 = []
+    chi2, models = [], []
     for i in range(0, v.shape[0], batch):
         mass, shifts = sampler.p.space.split(v[i:i + batch].to(ref))
         kernel = ref if psf is None else torch.as_tensor(psf[i:i + batch]).to(ref)
         parts = sampler.p.model.components(mass, shifts, torch.as_tensor(source[i:i + batch]).to(ref),
                                            torch.as_tensor(lens_light[i:i + batch]).to(ref), kernel)
-        chi2.append(sampler.p.likelihood.reduced_chi2(parts["source"] + parts["lens_light"]).mean(1))
+        model = parts["source"] + parts["lens_light"]
+        chi2.append(sampler.p.likelihood.reduced_chi2(model).mean(1))
+        models.append(model.float().cpu())
         for k in total:
             total[k] = total[k] + parts[k].sum(0)
-    return {**{k: t / v.shape[0] for k, t in total.items()}, "chi2": torch.cat(chi2)}
+    return {**{k: t / v.shape[0] for k, t in total.items()}, "chi2": torch.cat(chi2), "model": torch.cat(models)}
 
 
 def initial_state(sampler: GibbsSampler, problem, geometry, cfg: dict) -> SamplerState:

@@ -317,11 +317,12 @@ def write_stack(path: str | Path, images: np.ndarray, oversampling: float, **ext
 
 
 def _progress(items: Sequence, desc: str):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm comes with the project's environment
-        return items
-    return tqdm(items, desc=desc, unit="file", disable=None)
+    import sys
+
+    from rich.progress import track
+
+    # a bar on a terminal; nothing in batch logs, where the log lines say what was done
+    return track(items, description=desc, total=len(items), disable=not sys.stderr.isatty())
 
 
 def build_epsf_stack(flt_folder: str | Path, output: str | Path, *, find: Mapping, epsf: Mapping,

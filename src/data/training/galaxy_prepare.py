@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import shutil
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -128,10 +129,10 @@ def _prepared_rows(input_path: str, settings: dict, stats: Counter) -> Iterator[
     """Rows of the prepared dataset (the generator of `Dataset.from_generator`); counts outcomes into `stats`."""
     s = PrepareSettings(**settings)
     reader = open_galaxies(input_path)
-    from tqdm.auto import tqdm
+    from rich.progress import track
 
-    for i, raw in enumerate(tqdm(reader, total=len(reader), desc="preparing galaxies", unit="image",
-                                 disable=None)):
+    for i, raw in enumerate(track(reader, total=len(reader), description="preparing galaxies",
+                                  disable=not sys.stderr.isatty())):
         result = prepare_image(raw, s, np.random.default_rng([s.seed, i]))
         stats[result.status] += 1
         if result.status != "ok":
