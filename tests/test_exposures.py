@@ -472,7 +472,12 @@ def test_lens_outside_a_one_chip_frame(tmp_path):
 def test_bad_settings_and_h5_files(tmp_path):
     with pytest.raises(InputError) as excinfo:
         dq_bitmask([4, 12])
-    assert_message(excinfo, "12 is not a single DQ bit")
+    assert_message(excinfo, "dq_bad_bits: [4, 12]", "powers of two")
+    for bad in (-4, [4, 2.5], "cosmic"):
+        with pytest.raises(InputError) as excinfo:
+            dq_bitmask(bad)
+        assert_message(excinfo, "dq_bad_bits")
+    assert dq_bitmask("4,16") == dq_bitmask([4, 16]) == dq_bitmask(20) == 20
     with pytest.raises(InputError) as excinfo:
         load_lens({"name": "x", "ra": 1.0, "dec": 2.0}, tmp_path)
     assert_message(excinfo, "lens config x", "needs exactly one of")

@@ -96,3 +96,15 @@ def test_a_sky_region_masks_the_same_sky_in_every_exposure(tmp_path):
         hidden = ~exp.mask
         assert 10 <= hidden.sum() <= 25
         assert np.all(np.hypot(exp.x[hidden] - 0.4, exp.y[hidden] + 0.3) < 0.13)
+
+
+def test_dq_flagged_is_any_bad_bit_set():
+    from scorelens.data.observations.masks import dq_flagged
+
+    rng = np.random.default_rng(0)
+    dq = rng.integers(0, 2**16, size=(40, 40)).astype(np.uint16).astype(np.int16)  # FLT DQ: int16, bit 32768 = sign
+    bits = [4, 16, 256, 4096, 8192, 32768]
+    expect = (dq.astype(np.int64) & 0xFFFF & sum(bits)) != 0
+    np.testing.assert_array_equal(dq_flagged(dq, bits), expect)
+    np.testing.assert_array_equal(dq_flagged(dq, "4,16"), (dq & 20) != 0)
+    assert not dq_flagged(dq, []).any()

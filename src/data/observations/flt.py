@@ -33,7 +33,7 @@ from astropy.wcs import WCS, FITSFixedWarning, NoConvergence
 
 from ...errors import InputError, TangentPlaneError, one_line
 from .exposure_set import Chip, Exposure, ExposureSet
-from .masks import load_user_mask
+from .masks import dq_bitmask, dq_flagged, load_user_mask
 from .sky import sky_level
 from .sky_grid import cutout_grid, sky_offsets, sky_to_pixel
 
@@ -56,28 +56,6 @@ def filter_name(header) -> str:
     names = [str(header.get(k, "")).strip().upper() for k in ("FILTER1", "FILTER2", "FILTER")]
     real = [n for n in names if n and not n.startswith("CLEAR") and n not in ("N/A", "NONE")]
     return "+".join(dict.fromkeys(real))
-
-
-def dq_bitmask(bits) -> int:
-    """The DQ bits that make a pixel bad, as one integer mask.
-
-    Args:
-        bits: an iterable of single-bit values (e.g. [4, 16, 256, 4096, 8192]) or one integer bit mask.
-    """
-    if isinstance(bits, (int, np.integer)) and not isinstance(bits, bool):
-        if bits < 0:
-            raise InputError(f"dq_bad_bits: {bits} is negative; give DQ bit values such as [4, 16, 4096]")
-        return int(bits)
-    mask = 0
-    try:
-        values = list(bits)
-    except TypeError:
-        raise InputError(f"dq_bad_bits: {bits!r} is neither a list of DQ bit values nor an integer") from None
-    for b in values:
-        if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b <= 0 or (int(b) & (int(b) - 1)):
-            raise InputError(f"dq_bad_bits: {b!r} is not a single DQ bit (a power of two such as 4, 16, 8192)")
-        mask |= int(b)
-    return mask
 
 
 def _header_dict(*headers: fits.Header) -> dict:
@@ -252,7 +230,7 @@ def cut_exposure(chips: Sequence[Chip], ra: float, dec: float, size: int, dq_bit
                          "smaller cutout or leave this exposure out")
     cut = np.s_[r0:r0 + size, c0:c0 + size]
     sci, err = chip.sci[cut].astype(np.float64), chip.err[cut].astype(np.float64)
-    flagged = (np.asarray(chip.dq[cut]).astype(np.int64) & bad_bits) != 0
+    flagged = dq_flagged(chip.dq[cut], bad_bits)
     finite = np.isfinite(sci) & np.isfinite(err)
     positive = finite & (err > 0)
     user = np.zeros((size, size), dtype=bool)
@@ -271,7 +249,7 @@ def cut_exposure(chips: Sequence[Chip], ra: float, dec: float, size: int, dq_bit
     if n_no_noise:  # a detector gives every exposed pixel a positive ERR: zero or less is a damaged file
         log.warning("%s: %d pixels of the cutout have ERR <= 0; masked (they carry no noise estimate)", path,
                     n_no_noise)
-    background = sky_level(chip.sci, lambda: (np.asarray(chip.dq).astype(np.int64) & bad_bits) != 0, chip.header,
+    background = sky_level(chip.sci, lambda: dq_flagged(chip.dq, bad_bits), chip.header,
                            sky, where=f"{path} (EXTVER {chip.extver})")
     sci = sci - background
     x, y = cutout_grid(chip.wcs, ra, dec, (size, size), center_pixel=(rc, cc))

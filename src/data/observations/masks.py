@@ -1,4 +1,8 @@
-"""User masks of a cutout: ds9 region files, or boolean arrays in FITS / .npy files -> a bool array [H, W].
+"""Masks of a cutout: DQ flags (`dq_flagged`, by astropy.nddata.bitmask) and user masks (ds9 region files, or
+boolean arrays in FITS / .npy files) -> a bool array [H, W].
+
+DQ: `dq_bad_bits` (conf/observations, conf/stars) lists the DQ bit values that make a pixel unusable; astropy's
+interpreter also takes one integer mask or a string such as "4,16,4096".
 
 Convention: True = masked OUT (the pixel is not used). The loaders' `Exposure.mask` is the opposite (True = used),
 so they combine the two as `mask &= ~user_mask`.
@@ -24,10 +28,30 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.nddata import bitmask
 
 from ...errors import InputError, one_line
 
 log = logging.getLogger(__name__)
+
+
+def dq_bitmask(bits) -> int:
+    """The DQ bits that make a pixel bad, as one integer mask, from a list of single-bit values (e.g. [4, 16, 256,
+    4096, 8192]), one integer mask or a comma-separated string ("4,16"); a one-line InputError otherwise."""
+    if isinstance(bits, (int, np.integer)) and not isinstance(bits, bool) and bits < 0:
+        raise InputError(f"dq_bad_bits: {bits} is negative; give DQ bit values such as [4, 16, 4096]")
+    try:
+        mask = bitmask.interpret_bit_flags(list(bits) if isinstance(bits, tuple) else bits)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"dq_bad_bits: {bits!r}: {one_line(err)}; give DQ bit values (powers of two) such as "
+                         "[4, 16, 4096]") from None
+    return 0 if mask is None else int(mask)
+
+
+def dq_flagged(dq: np.ndarray, bits) -> np.ndarray:
+    """True where a pixel of the DQ array dq [H, W] has any of the bad `bits` (`dq_bitmask`) set, [H, W] bool."""
+    return bitmask.bitfield_to_boolean_mask(np.asarray(dq).astype(np.int64), ignore_flags=dq_bitmask(bits),
+                                            flip_bits=True, good_mask_value=False)
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 

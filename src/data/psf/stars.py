@@ -33,6 +33,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..observations.flt import read_flt
+from ..observations.masks import dq_bitmask, dq_flagged
 from ..observations.sky_grid import sky_offsets
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class StarStamps:
 
     def bad(self) -> np.ndarray:
         """[n, S, S] bool: pixels to ignore (flagged, non-finite, or without a positive error)."""
-        return ((self.dq.astype(np.int64) & int(self.dq_bad_bits)) != 0) | ~np.isfinite(self.err) | (self.err <= 0)
+        return dq_flagged(self.dq, self.dq_bad_bits) | ~np.isfinite(self.err) | (self.err <= 0)
 
     def weights(self) -> np.ndarray:
         """[n, S, S] float64 inverse errors, 0 on bad pixels."""
@@ -199,8 +200,8 @@ def find_stars(sci: np.ndarray, err: np.ndarray, dq: np.ndarray, wcs, lens_ra: f
     if lens_ra is not None and wcs is None:
         raise InputError("find_stars needs the chip's WCS to exclude stars near the lens (or lens_ra=None)")
     s = int(stamp_size)
-    dq_bad_bits = int(dq_bad_bits)
-    bad = ((dq & dq_bad_bits) != 0) | ~np.isfinite(sci) | ~np.isfinite(err) | (err <= 0)
+    dq_bad_bits = dq_bitmask(dq_bad_bits)
+    bad = dq_flagged(dq, dq_bad_bits) | ~np.isfinite(sci) | ~np.isfinite(err) | (err <= 0)
     if bad.all():
         raise InputError("find_stars: every pixel of the chip is flagged or not finite")
 
