@@ -9,11 +9,13 @@ passes, in this order (the log counts each rejection):
 - shape: DAOFIND sharpness and both roundness measures are within their ranges (cosmic rays and hot pixels are
   sharper than the PSF, galaxies are flatter, trails and arcs are elongated);
 - extended: the concentration, flux within `concentration_radii[0]` over flux within `concentration_radii[1]`
-  (background-subtracted), is within `concentration_range` (galaxies, the lens included, are less concentrated
-  than the PSF; a hot pixel or a cosmic ray holds all its flux in one pixel);
-- bad core: no flagged (DQ & dq_bad_bits), non-finite or zero-error pixel within `core_radius`;
-- saturated: no raw SCI value (sky included) within `core_radius` reaches `max_peak`;
-- snr: the aperture signal-to-noise within `core_radius` is at least `snr_min`;
+  (background-subtracted; photutils circular apertures, exact pixel overlap), is within `concentration_range`
+  (galaxies, the lens included, are less concentrated than the PSF; a hot pixel or a cosmic ray holds all its flux
+  in one pixel);
+- bad core: no flagged (DQ & dq_bad_bits), non-finite or zero-error pixel whose centre is within `core_radius`;
+- saturated: no raw SCI value (sky included) with its centre within `core_radius` reaches `max_peak`;
+- snr: the aperture signal-to-noise within `core_radius` (exact overlap, ERR summed in quadrature) is at least
+  `snr_min`;
 - neighbour: no other detection between `core_radius` and `isolation_radius` whose peak is at least
   `neighbour_min_ratio` of its own (detections inside the core are the star's own: DAOFIND may split a bright core).
   Detections sharper than `sharpness_range` allows (cosmic rays, hot pixels that DQ missed) are no neighbours:
@@ -219,13 +221,14 @@ def find_stars(sci: np.ndarray, err: np.ndarray, dq: np.ndarray, wcs, lens_ra: f
     artefact = np.zeros(len(det["row"]), dtype=bool) if sharpness_range is None else det["sharpness"] > \
         sharpness_range[1]
 
+    det.update(aperture_stats(sub, err, bad, det["row"], det["col"], (r1, r2), core_radius))
     reasons: Counter = Counter()
     kept: list[tuple[int, float]] = []  # (detection, snr)
     for i in range(len(det["row"])):
         reason, snr = _rejection(i, det, near_lens, artefact, sci, err, sub, bad, s, snr_min=snr_min,
                                  max_peak=max_peak, isolation_radius=isolation_radius,
                                  sharpness_range=sharpness_range, roundness_range=roundness_range,
-                                 core_radius=core_radius, radii=(r1, r2), concentration_range=concentration_range,
+                                 core_radius=core_radius, concentration_range=concentration_range,
                                  neighbour_min_ratio=neighbour_min_ratio)
         if reason:
             reasons[reason] += 1
@@ -261,9 +264,28 @@ def _detect(sub: np.ndarray, bad: np.ndarray, threshold: float, fwhm: float) -> 
     return {k: np.asarray(table[v], dtype=np.float64) for k, v in names.items()}
 
 
+def aperture_stats(sub: np.ndarray, err: np.ndarray, bad: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                   radii: tuple[float, float], core_radius: float) -> dict[str, np.ndarray]:
+    """Circular-aperture photometry of sources at (rows, cols) [n] (0-based pixels) in the background-subtracted
+    image sub [H, W] with its 1-sigma errors err, bad pixels left out: {"concentration": flux within radii[0] /
+    flux within radii[1], "snr": flux within core_radius / its error}, each [n]. photutils apertures with exact
+    pixel overlap, so that both vary smoothly with a star's position in its pixel."""
+    from photutils.aperture import CircularAperture, aperture_photometry
+
+    positions = np.column_stack([cols, rows])
+    apertures = [CircularAperture(positions, r=float(r)) for r in (*radii, core_radius)]
+    table = aperture_photometry(np.where(bad, 0.0, sub), apertures, error=np.where(bad, 0.0, err), mask=bad,
+                                method="exact")
+    inner, outer, core = (np.asarray(table[f"aperture_sum_{k}"], dtype=np.float64) for k in range(3))
+    core_err = np.asarray(table["aperture_sum_err_2"], dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"concentration": np.where(outer > 0, inner / outer, np.nan),
+                "snr": np.where(core_err > 0, core / core_err, 0.0)}
+
+
 def _rejection(i: int, det: dict, near_lens: np.ndarray, artefact: np.ndarray, sci: np.ndarray, err: np.ndarray,
                sub: np.ndarray, bad: np.ndarray, s: int, *, snr_min, max_peak, isolation_radius, sharpness_range,
-               roundness_range, core_radius, radii, concentration_range, neighbour_min_ratio) -> tuple[str, float]:
+               roundness_range, core_radius, concentration_range, neighbour_min_ratio) -> tuple[str, float]:
     """(why detection i is no usable star, or "" if it is; its aperture S/N when computed)."""
     row, col = det["row"][i], det["col"][i]
     top, left = int(round(row)) - s // 2, int(round(col)) - s // 2
@@ -278,15 +300,14 @@ def _rejection(i: int, det: dict, near_lens: np.ndarray, artefact: np.ndarray, s
     window = (slice(top, top + s), slice(left, left + s))
     yy, xx = np.mgrid[top:top + s, left:left + s]
     radius = np.hypot(yy - row, xx - col)
-    inner, outer = sub[window][radius <= radii[0]].sum(), sub[window][radius <= radii[1]].sum()
-    if not (outer > 0 and _within(inner / outer, concentration_range)):
+    if not (np.isfinite(det["concentration"][i]) and _within(det["concentration"][i], concentration_range)):
         return "extended", 0.0
-    core = radius <= core_radius
+    core = radius <= core_radius  # any flagged or saturated pixel whose centre is in the core
     if bad[window][core].any():
         return "bad core", 0.0
     if max_peak is not None and sci[window][core].max() >= max_peak:
         return "saturated", 0.0
-    snr = float(sub[window][core].sum() / np.sqrt((err[window][core] ** 2).sum()))
+    snr = float(det["snr"][i])
     if not snr >= snr_min:
         return "snr", snr
     distance = np.hypot(det["row"] - row, det["col"] - col)
