@@ -47,6 +47,25 @@ def one_line(err) -> str:
 
 
 @needs_stdpsf
+def test_stdpsf_file_is_read_by_photutils_with_its_grid_positions():
+    from astropy.io import fits
+
+    from scorelens.data.psf.library import _read_fits
+
+    source = _read_fits(STDPSF, cube_oversampling=2, image_oversampling=1, detector_pixel_scale=None)
+    with fits.open(STDPSF) as f:
+        cube, header = np.asarray(f[0].data, dtype=np.float64), f[0].header
+    # photutils reads the planes as they are and the library's own 4x oversampling (not cube_oversampling)
+    assert source.count == 56 and source.oversampling == 4
+    np.testing.assert_array_equal(np.stack(source.psfs), cube)
+    # each PSF's place on the detector: the header's 1-based IPSFXnn / JPSFYnn, 0-based; x fastest
+    xs = [header[f"IPSFX{i:02d}"] - 1 for i in range(1, header["NXPSFS"] + 1)]
+    ys = [header[f"JPSFY{j:02d}"] - 1 for j in range(1, header["NYPSFS"] + 1)]
+    assert source.labels[1].endswith(f"[PSF 1 at detector x={xs[1]}, y={ys[0]} (0-based)]")
+    assert source.labels[-1].endswith(f"[PSF 55 at detector x={xs[-1]}, y={ys[-1]} (0-based)]")
+
+
+@needs_stdpsf
 def test_stdpsf_cube_gives_one_centred_unit_sum_psf_per_grid_point():
     data = PSFDataset(STDPSF, image_size=128, norm={"scale": 0.01})
     assert len(data) == 56 and data.sources[0].oversampling == 4

@@ -4,9 +4,9 @@ training stacks. `scorelens.data.training.psf_dataset.PSFDataset` serves a libra
 Readable sources (`scan_psf_sources`), one file or a folder of them (not recursive):
 - a stack: HDF5 (dataset `key`, [N, K, K] or [N, 1, K, K]) or .npy; its oversampling is the HDF5 attribute
   `oversampling` (of the dataset or the file; the CLI writes it), else `stack_oversampling`;
-- an STDPSF library cube (Anderson's empirical PSFs): FITS [n_psf, K, K], each PSF of the grid over the detector
-  one sample; oversampling from a header keyword (OVERSAMP, SUBSAMPL, DET_SAMP) if present, else
-  `cube_oversampling` (the STDPSF libraries are 4x supersampled);
+- an STDPSF library (Anderson's empirical PSFs, read by `photutils.psf.STDPSFGrid`): each PSF of the grid over
+  the detector one sample, at the library's oversampling; other FITS cubes [n_psf, K, K]: oversampling from a
+  header keyword (OVERSAMP, SUBSAMPL, DET_SAMP) if present, else `cube_oversampling`;
 - a single-PSF FITS (TinyTim, or any 2-D PSF image; every 2-D image HDU is one PSF, padded to a square if it is
   not one): oversampling from a header keyword as above, else from PIXSCALE (TinyTim writes the PSF's pixel size,
   detector scale / subsampling) as detector_pixel_scale / PIXSCALE (rounded when within 2% of an integer,
@@ -97,18 +97,54 @@ def _square(image: np.ndarray) -> np.ndarray:
     return out
 
 
+def _is_stdpsf(path: Path) -> bool:
+    """Whether a FITS file is an STDPSF grid (Anderson's libraries: a cube with NXPSFS / NYPSFS in its header)."""
+    from astropy.io import fits
+
+    try:
+        header = fits.getheader(path, 0)
+    except (OSError, IndexError):
+        return False
+    return header.get("NAXIS") == 3 and "NXPSFS" in header and "NYPSFS" in header
+
+
+def _read_stdpsf(path: Path) -> PSFSource:
+    """An STDPSF grid read by photutils (`STDPSFGrid`): its PSFs, their oversampling, and labels with each PSF's
+    position on the detector (pixels)."""
+    import warnings
+
+    from astropy.utils.exceptions import AstropyUserWarning
+    from photutils.psf import STDPSFGrid
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyUserWarning)  # the files' lower-case keywords
+            grid = STDPSFGrid(str(path))
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable STDPSF file ({err})") from None
+    over = {float(o) for o in np.atleast_1d(grid.oversampling)}
+    if len(over) != 1:
+        raise InputError(f"{path}: STDPSF oversampling differs between axes ({sorted(over)}); not supported")
+    data = np.asarray(grid.data, dtype=np.float64)
+    labels = [f"{path}[PSF {i} at detector x={x}, y={y} (0-based)]" for i, (x, y) in enumerate(grid.grid_xypos)]
+    return PSFSource(path, "fits", len(data), over.pop(), psfs=list(data), labels=labels)
+
+
 def _read_fits(path: Path, cube_oversampling: float, image_oversampling: float,
                detector_pixel_scale: float | None) -> PSFSource | None:
-    """A FITS file's PSFs (None if it holds no image); each 3-D HDU is a cube of PSFs, each 2-D HDU one PSF."""
+    """A FITS file's PSFs (None if it holds no image): an STDPSF grid by photutils (`_read_stdpsf`); otherwise each
+    3-D HDU is a cube of PSFs, each 2-D HDU one PSF."""
     import warnings
 
     from astropy.io import fits
     from astropy.io.fits.verify import VerifyWarning
 
+    if _is_stdpsf(path):
+        return _read_stdpsf(path)
     psfs, labels, factors = [], [], set()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", VerifyWarning)  # e.g. the lower-case NXPSFs keywords of STDPSF files
+            warnings.simplefilter("ignore", VerifyWarning)  # non-standard keywords of PSF files
             with fits.open(path, memmap=False) as hdul:
                 for n, hdu in enumerate(hdul):
                     if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) or hdu.data is None:
