@@ -22,9 +22,9 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
-from scipy.interpolate import CubicSpline
 
 from ...errors import InputError
+from ..flux_resample import resample_axis
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +105,11 @@ def center_psf(psf: np.ndarray, oversampling: float, box: float = 1.5, tol: floa
 
 def _resample_axis(a: np.ndarray, axis: int, from_oversampling: float, to_oversampling: float,
                    n_out: int) -> np.ndarray:
-    """Flux-conserving resampling along one axis: differences of a cubic-spline interpolant of the cumulative flux
-    at the output pixel edges. Pixel centres K // 2 of input and output coincide."""
+    """`flux_resample.resample_axis` between PSF grids whose centre pixels K // 2 coincide."""
     n_in = a.shape[axis]
     edges_in = (np.arange(n_in + 1, dtype=np.float64) - n_in // 2 - 0.5) / from_oversampling
     edges_out = (np.arange(n_out + 1, dtype=np.float64) - n_out // 2 - 0.5) / to_oversampling
-    zero = np.zeros_like(np.take(a, [0], axis=axis))
-    cumulative = np.concatenate([zero, np.cumsum(a, axis=axis)], axis=axis)
-    inside = np.clip(edges_out, edges_in[0], edges_in[-1])
-    at_edges = CubicSpline(edges_in, cumulative, axis=axis)(inside)
-    return np.diff(at_edges, axis=axis)
+    return resample_axis(a, axis, edges_in, edges_out)
 
 
 def resample_psf(psf: np.ndarray, from_oversampling: float, to_oversampling: float, size: int) -> np.ndarray:

@@ -11,17 +11,16 @@ import warnings
 
 import numpy as np
 from scipy import ndimage
-from scipy.interpolate import PchipInterpolator
+
+from ..flux_resample import resample_axis
 
 
 def resample(image: np.ndarray, ratio: float, centre: tuple[float, float], size: int) -> np.ndarray:
     """Flux-conserving resampling of `image` onto a size x size grid.
 
-    Method: along each axis in turn, the cumulative flux at input pixel edges is interpolated with a monotone
-    cubic (PCHIP), and each output pixel receives the difference of that curve between its two edges. The result
-    is exact on input pixel edges, so an unshifted copy or an integer block sum reproduces the input exactly;
-    monotone pieces add no ringing where the flux is positive; and the total flux is conserved exactly for
-    whatever part of the input the output grid covers (outside the input, flux is zero).
+    Method: `scorelens.data.flux_resample.resample_axis` along each axis in turn (the cumulative flux at input pixel
+    edges interpolated, differenced at the output edges): an unshifted copy or an integer block sum reproduces
+    the input exactly, and the total flux is conserved for whatever part of the input the output grid covers.
 
     Args:
         image: [H, W] flux per input pixel; pixel centres at integer coordinates.
@@ -33,17 +32,10 @@ def resample(image: np.ndarray, ratio: float, centre: tuple[float, float], size:
         [size, size] float64, flux per output pixel.
     """
     edges = (np.arange(size + 1) - size / 2) * ratio
-    out = _integrate_axis(np.asarray(image, dtype=np.float64), centre[1] + edges, axis=1)
-    return _integrate_axis(out, centre[0] + edges, axis=0)
-
-
-def _integrate_axis(a: np.ndarray, edges: np.ndarray, axis: int) -> np.ndarray:
-    n = a.shape[axis]
-    knots = np.arange(n + 1) - 0.5
-    zero = np.zeros_like(np.take(a, [0], axis=axis))
-    cumulative = np.concatenate([zero, np.cumsum(a, axis=axis)], axis=axis)
-    curve = PchipInterpolator(knots, cumulative, axis=axis, extrapolate=False)
-    return np.diff(curve(np.clip(edges, knots[0], knots[-1])), axis=axis)
+    image = np.asarray(image, dtype=np.float64)
+    h, w = image.shape
+    out = resample_axis(image, 1, np.arange(w + 1) - 0.5, centre[1] + edges)
+    return resample_axis(out, 0, np.arange(h + 1) - 0.5, centre[0] + edges)
 
 
 def rebin(image: np.ndarray, size: int) -> np.ndarray:
