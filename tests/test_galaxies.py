@@ -158,7 +158,7 @@ def test_readers_on_other_staged_galaxies(path, kind, n, scale):
 # --------------------------------------------------------------------------------------------------------- prepare
 
 SETTINGS = dict(centre="centroid", mask_neighbours=False, mask_fill="noise", border=5, detect_sigma=3.0,
-                min_size=16, seed=0)
+                min_pixels=5, deblend_contrast=0.001, min_size=16, seed=0)
 
 
 def run_one(image, pixel_scale, target, size, **kwargs):
@@ -215,6 +215,24 @@ def test_neighbours_are_masked_on_request():
         assert np.abs(out.image[14:26, 74:86]).max() < 0.02
     assert kept.image[14:26, 74:86].sum() > 35
     assert masked.image[40:60, 40:60].sum() == pytest.approx(kept.image[40:60, 40:60].sum(), rel=1e-6)
+
+
+def test_a_neighbour_touching_the_galaxy_is_deblended_and_masked():
+    from scorelens.data.training.galaxy_images import segment
+
+    rng = np.random.default_rng(5)
+    # a neighbour whose light overlaps the galaxy's above the threshold: one region before deblending
+    img = gaussian((100, 100), 50, 50, 5.0, flux=60.0) + gaussian((100, 100), 50, 68, 3.0, flux=15.0)
+    img += rng.normal(0, 0.002, img.shape)
+    whole = segment(img, 5, 3.0, 5, None)
+    assert whole is not None and not whole[1].any()  # without deblending: no other source
+    central, others = segment(img, 5, 3.0, 5, 0.001)
+    assert others[50, 68] and central[50, 48] and not central[50, 68]
+    out = run_one(img, 0.03, None, 100, mask_neighbours=True, mask_fill="zero")
+    kept = run_one(img, 0.03, None, 100)
+    # the neighbour's core is gone (masked before centring moves the image by under a pixel), the galaxy's kept
+    assert out.image[46:54, 64:72].sum() < 0.2 * kept.image[46:54, 64:72].sum()
+    assert out.image[45:53, 45:53].sum() == pytest.approx(kept.image[45:53, 45:53].sum(), rel=0.05)
 
 
 def test_prepare_writes_an_arrow_dataset(tmp_path, caplog):

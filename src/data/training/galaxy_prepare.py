@@ -52,7 +52,10 @@ class PrepareSettings:
         mask_neighbours: replace sources not connected to the central one by `mask_fill`.
         mask_fill: "noise" (Gaussian, at the stamp's background noise) or "zero".
         border: width of the stamp edge, in input pixels, that sets the background level and noise.
-        detect_sigma: segmentation threshold in noise sigmas (see `segment`).
+        detect_sigma: segmentation threshold in noise sigmas (see `galaxy_images.segment`).
+        min_pixels: the fewest connected pixels a detected source has.
+        deblend_contrast: the least fraction of a region's flux a deblended neighbour holds (photutils'
+            `deblend_sources`); None: regions are not deblended.
         min_size: stamps with a side shorter than this many input pixels are rejected.
         seed: noise drawn into masked neighbours (stamp i uses the seed sequence (seed, i)).
     """
@@ -64,6 +67,8 @@ class PrepareSettings:
     mask_fill: str
     border: int
     detect_sigma: float
+    min_pixels: int
+    deblend_contrast: float | None
     min_size: int
     seed: int
 
@@ -81,6 +86,10 @@ class PrepareSettings:
             problems.append(f"border must be an integer >= 1, got {self.border!r}")
         if not self.detect_sigma > 0:
             problems.append(f"detect sigma must be > 0, got {self.detect_sigma!r}")
+        if not (isinstance(self.min_pixels, int) and self.min_pixels >= 1):
+            problems.append(f"min pixels must be an integer >= 1, got {self.min_pixels!r}")
+        if self.deblend_contrast is not None and not 0 <= self.deblend_contrast <= 1:
+            problems.append(f"deblend contrast must be in [0, 1] or null, got {self.deblend_contrast!r}")
         if not (isinstance(self.min_size, int) and self.min_size >= 3):
             problems.append(f"min size must be an integer >= 3, got {self.min_size!r}")
         if problems:
@@ -105,7 +114,7 @@ def prepare_image(raw: RawGalaxy, s: PrepareSettings, rng: np.random.Generator) 
         return PreparedImage(None, "non-finite")
     level, noise = background(image, s.border)
     image = image - level
-    found = segment(image, s.border, s.detect_sigma)
+    found = segment(image, s.border, s.detect_sigma, s.min_pixels, s.deblend_contrast)
     if found is None:
         return PreparedImage(None, "blank")
     central, others = found
@@ -160,7 +169,8 @@ def _datasets_quiet():
 
 def prepare(input_path: str | Path, output: str | Path, *, size: int = 256, pixel_scale: float | None = None,
             centre: str = "centroid", mask_neighbours: bool = False, mask_fill: str = "noise", border: int = 5,
-            detect_sigma: float = 3.0, min_size: int = 16, seed: int = 0, overwrite: bool = False) -> Path:
+            detect_sigma: float = 3.0, min_pixels: int = 5, deblend_contrast: float | None = 0.001,
+            min_size: int = 16, seed: int = 0, overwrite: bool = False) -> Path:
     """Convert galaxy images once into the Arrow dataset that `GalaxyDataset` reads; returns `output`.
 
     Each stamp: rejected if smaller than `min_size`, non-finite anywhere, or blank (no source detected near its
@@ -174,7 +184,8 @@ def prepare(input_path: str | Path, output: str | Path, *, size: int = 256, pixe
     import datasets
 
     settings = PrepareSettings(size=size, pixel_scale=pixel_scale, centre=centre, mask_neighbours=mask_neighbours,
-                               mask_fill=mask_fill, border=border, detect_sigma=detect_sigma, min_size=min_size,
+                               mask_fill=mask_fill, border=border, detect_sigma=detect_sigma, min_pixels=min_pixels,
+                               deblend_contrast=deblend_contrast, min_size=min_size,
                                seed=seed)
     reader = open_galaxies(input_path)
     output = Path(output)
