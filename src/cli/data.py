@@ -67,10 +67,11 @@ def _mast(args) -> None:
     from ..data.observations.mast import download
 
     try:
-        lens = compose_config("infer", [f"lens={args.lens}", *args.overrides]).lens
+        cfg = compose_config("infer", [f"lens={args.lens}", *args.overrides])
     except MissingConfigException:
         raise InputError(f"no lens config named {args.lens!r} (conf/lens/<name>.yaml)") from None
-    download(OmegaConf.to_container(lens, resolve=True), Path(args.data_dir), args.kind)
+    download(OmegaConf.to_container(cfg.lens, resolve=True), Path(args.data_dir), args.kind,
+             cfg.observations.mast.download_url)
 
 
 def _mock(args) -> None:

@@ -119,12 +119,21 @@ class LensingConfig:
 
 
 @dataclass
+class MastConfig:
+    """conf/observations `mast:`: fetching a lens's exposures (`scorelens.data.observations.mast`)."""
+
+    fetch: bool = MISSING
+    download_url: str = MISSING
+
+
+@dataclass
 class ObservationsConfig:
     """conf/observations: how FLT/FLC files become cutouts."""
 
     cutout: int = MISSING
     dq_bad_bits: list[int] = MISSING
     sky: Any = MISSING               # header, median, none or a number
+    mast: MastConfig = field(default_factory=MastConfig)
 
 
 @dataclass

@@ -76,10 +76,27 @@ def auto_flux(data: ExposureSet, percentile: float, net_peak: float) -> float:
     return float(max(np.percentile(vals, percentile), 1e-12) / net_peak)
 
 
+def fetch_exposures(cfg: Mapping, root: str | Path) -> None:
+    """With `observations.mast.fetch`, download from MAST the FLT files a lens config names by rootnames that are
+    not in place yet (a SLACS lens's first run); says so in the log."""
+    from ..data.observations.mast import download, missing
+
+    lens, mast = cfg["lens"], cfg["observations"].get("mast") or {}
+    if not mast.get("fetch") or not lens.get("rootnames") or not lens.get("exposures"):
+        return
+    data_dir = lens_data_dir(cfg, root)
+    todo = missing(lens, data_dir, "flt")
+    if todo:
+        log.info("%d of %s's exposures are not in %s: fetching them from MAST (observations.mast.fetch=false "
+                 "turns this off)", len(todo), lens["name"], todo[0][1].parent)
+        download(lens, data_dir, "flt", mast["download_url"])
+
+
 def build_problem(cfg: Mapping, root: str | Path, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32) -> tuple[Problem, ExposureSet, ModelGeometry]:
     """Everything the sampler needs, from the composed infer config (paths relative to `root`)."""
     obs = cfg["observations"]
+    fetch_exposures(cfg, root)
     data = load_lens(cfg["lens"], lens_data_dir(cfg, root), size=obs["cutout"], dq_bad_bits=obs["dq_bad_bits"],
                      sky=obs["sky"])
     scales = {round(e.pixel_scale, 6) for e in data.exposures}
