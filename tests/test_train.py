@@ -13,7 +13,9 @@ from tests.conftest import compose_train, run_train
 
 def test_smoke_run_leaves_a_checkpoint_a_prior_and_an_offline_wandb_run(tmp_path):
     """The README's first training command, as a user runs it (default logger: W&B, offline)."""
-    run_train(["prior=lens_light", "experiment=smoke", f"paths.log_dir={tmp_path}"], cwd=tmp_path)
+    proc = run_train(["prior=lens_light", "experiment=smoke", f"paths.log_dir={tmp_path}"], cwd=tmp_path)
+    # the exported prior is logged to W&B (offline) as an artifact
+    assert "prior logged to W&B as artifact lens_light-prior (type prior)" in proc.stdout + proc.stderr
     runs = list((tmp_path / "train" / "lens_light").iterdir())
     assert len(runs) == 1, runs
     run = runs[0]

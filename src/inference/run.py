@@ -96,6 +96,7 @@ def _infer_locked(cfg: DictConfig, out: Path, root: str | Path, stages) -> dict:
     device = _device(cfg)
     dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.sampler.dtype]
     container = OmegaConf.to_container(cfg, resolve=True)
+    fetch_prior_artifacts(container, root)
     problem, data, geometry = build_problem(container, root, device=device, dtype=dtype)
     sampler = GibbsSampler(problem, mala_step=cfg.sampler.mala.step_size, target_accept=cfg.sampler.mala.target_accept,
                            split=SplitSettings.from_config(OmegaConf.to_container(cfg.sampler.split)))
@@ -142,6 +143,21 @@ def _infer_locked(cfg: DictConfig, out: Path, root: str | Path, stages) -> dict:
     summary = write_outputs(sampler, state, data, geometry, out, container)
     tracker.finish(summary, sorted(out.glob("*.png")))
     return summary
+
+
+def fetch_prior_artifacts(cfg: dict, root: str | Path) -> None:
+    """Replace each `priors.<kind>.path` given as a W&B artifact (wandb:ENTITY/PROJECT/NAME:VERSION) by its
+    downloaded prior.pt (under <paths.data_dir>/priors/wandb), keeping the artifact's name as `artifact` beside it
+    (config.yaml and the W&B run record which prior was used; run.json records the file's SHA-256)."""
+    from ..priors.artifacts import download_prior, is_artifact
+    from .setup import resolve
+
+    for kind, node in (cfg.get("priors") or {}).items():
+        if isinstance(node, dict) and is_artifact(node.get("path")):
+            spec = node["path"]
+            cache = resolve(Path(cfg["paths"]["data_dir"]) / "priors" / "wandb", root)
+            node["path"], node["artifact"] = str(download_prior(spec, cache)), spec
+            log.info("%s prior: W&B artifact %s -> %s", kind, spec, node["path"])
 
 
 def write_outputs(sampler: GibbsSampler, state: SamplerState, data, geometry, out: Path, cfg: dict) -> dict:

@@ -1,5 +1,6 @@
 """Weights & Biases logging of a sampling run: per-sweep chi^2, acceptance, MALA step and temperature, and the
-figures at the end. Offline by default (WANDB_MODE); a disabled tracker does nothing.
+figures at the end; the prior artifacts used, when online. Offline by default (WANDB_MODE); a disabled tracker
+does nothing.
 
 The run id is kept in the run folder (`wandb_id.txt`), so a resumed sampling run continues the same W&B run.
 """
@@ -35,6 +36,10 @@ class SweepTracker:
                               group=cfg.get("group"), tags=list(cfg.get("tags") or []), job_type="infer",
                               name=name, dir=str(out), config=config, id=run_id, resume="allow",
                               mode=cfg.get("mode", "offline"))
+        # the W&B lineage of the priors this run used (their artifact names: `run.fetch_prior_artifacts`)
+        for node in (config.get("priors") or {}).values():
+            if isinstance(node, Mapping) and node.get("artifact") and self.run.settings.mode == "online":
+                self.run.use_artifact(node["artifact"][len("wandb:"):])
 
     def sweep(self, step: int, metrics: Mapping) -> None:
         """One Gibbs sweep's metrics (`GibbsSampler.sweep`); `step` counts sweeps over all stages."""

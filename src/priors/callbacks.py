@@ -11,6 +11,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 from torchvision.utils import make_grid, save_image
 
+from .artifacts import log_prior_artifact
 from .checkpoint import save_prior
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ def sample_grid(samples: torch.Tensor) -> torch.Tensor:
 
 
 class ExportPrior(pl.Callback):
-    """Write the EMA prior to `<dirpath>/<filename>` whenever a checkpoint is saved, and at the end of training.
+    """Write the EMA prior to `<dirpath>/<filename>` whenever a checkpoint is saved, and at the end of training,
+    when it is also logged to W&B as an artifact (`artifacts.log_prior_artifact`) if the run logs there.
 
     The file holds only EMA weights and plain metadata (see `scorelens.priors.checkpoint`), a few MB where the
     training checkpoint holds optimiser state too; `load_prior` reads it.
@@ -92,6 +94,14 @@ class ExportPrior(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self._export(trainer, pl_module)
         log.info("inference prior written to %s", self.path)
+        if trainer.is_global_zero:
+            prior = pl_module.prior()
+            meta = {"image_shape": list(prior.image_shape),
+                    "sigma_min": float(prior.sde.sigma_min), "sigma_max": float(prior.sde.sigma_max),
+                    "global_step": int(trainer.global_step)}
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    log_prior_artifact(logger.experiment, self.path, prior.kind, meta)
 
 
 
