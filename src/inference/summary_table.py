@@ -76,7 +76,10 @@ def einstein_mass(theta_e_arcsec: np.ndarray, z_lens: float, z_source: float, co
     """Projected mass inside the Einstein radius, c^2 D_l D_s theta_E^2 / (4 G D_ls), in solar masses."""
     d_l = cosmo.angular_diameter_distance(z_lens)
     d_s = cosmo.angular_diameter_distance(z_source)
-    d_ls = cosmo.angular_diameter_distance(z_lens, z_source)
+    try:  # astropy >= 8 takes (z1, z2); older versions only have the _z1z2 form
+        d_ls = cosmo.angular_diameter_distance(z_lens, z_source)
+    except TypeError:
+        d_ls = cosmo.angular_diameter_distance_z1z2(z_lens, z_source)
     theta = (np.asarray(theta_e_arcsec) * u.arcsec).to(u.rad).value
     return (constants.c**2 / (4 * constants.G) * d_l * d_s / d_ls * theta**2).to(u.solMass)
 
