@@ -196,3 +196,9 @@ def test_infer_fetches_a_slacs_lens_on_its_first_run(tmp_path, monkeypatch):
     cfg["observations"]["mast"]["fetch"] = False
     setup.fetch_exposures(cfg, tmp_path)
     assert len(asked) == 1
+    # a mock names rootnames too, but its files are simulated on first use
+    mock = OmegaConf.to_container(compose_infer(["lens=mock", f"paths.data_dir={tmp_path}"]), resolve=False)
+    mock["paths"] = cfg["paths"]
+    assert mock["lens"].get("rootnames") and mock["observations"]["mast"]["fetch"]
+    setup.fetch_exposures(mock, tmp_path)
+    assert len(asked) == 1

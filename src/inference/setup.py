@@ -80,10 +80,11 @@ def fetch_exposures(cfg: Mapping, root: str | Path) -> None:
     """With `observations.mast.fetch`, download from MAST the FLT files a lens config names by rootnames that are
     not in place yet (a SLACS lens's first run); says so in the log."""
     from ..data.observations.mast import download, missing
+    from .config import is_mock
 
     lens, mast = cfg["lens"], cfg["observations"].get("mast") or {}
-    if not mast.get("fetch") or not lens.get("rootnames") or not lens.get("exposures"):
-        return
+    if not mast.get("fetch") or not lens.get("rootnames") or not lens.get("exposures") or is_mock(lens):
+        return  # a mock's files are simulated on first use, not fetched
     data_dir = lens_data_dir(cfg, root)
     todo = missing(lens, data_dir, "flt")
     if todo:
