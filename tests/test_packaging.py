@@ -44,10 +44,11 @@ MAIN = {_canonical(_name(r)) for r in PYPROJECT["dependencies"]}
 OPTIONAL = {_canonical(_name(r)) for extra in PYPROJECT["optional-dependencies"].values() for r in extra}
 
 
-def _third_party_imports() -> dict[str, dict[str, set[str]]]:
-    """{top-level module: {"module": files importing it at module level, "lazy": files importing it in a function}}"""
+def _third_party_imports(*folders) -> dict[str, dict[str, set[str]]]:
+    """{top-level module: {"module": files importing it at module level, "lazy": files importing it in a function}}
+    over the .py files of `folders` (default: the package)."""
     out: dict[str, dict[str, set[str]]] = {}
-    for path in sorted(SRC.rglob("*.py")):
+    for path in sorted(p for folder in (folders or (SRC,)) for p in folder.rglob("*.py")):
         tree = ast.parse(path.read_text())
         lazy_nodes = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
                       for n in ast.walk(f)}
@@ -60,7 +61,7 @@ def _third_party_imports() -> dict[str, dict[str, set[str]]]:
                 continue
             for n in names:
                 top = n.split(".")[0]
-                if top in sys.stdlib_module_names or top in ("scorelens", "src", "__future__"):
+                if top in sys.stdlib_module_names or top in ("scorelens", "src", "tests", "benchmarks", "__future__"):
                     continue
                 kind = "lazy" if id(node) in lazy_nodes else "module"
                 out.setdefault(top, {"module": set(), "lazy": set()})[kind].add(str(path.relative_to(ROOT)))
@@ -80,6 +81,17 @@ def test_every_imported_package_is_declared():
         elif not names & (MAIN | OPTIONAL):
             problems.append(f"{top} ({sorted(names)}) imported by {sorted(where['lazy'])} but declared nowhere")
     assert not problems, "\n".join(problems)
+
+
+def test_tests_and_benchmarks_import_only_declared_packages():
+    dists = metadata.packages_distributions()
+    undeclared = {}
+    for top, where in _third_party_imports(ROOT / "tests", ROOT / "benchmarks").items():
+        # an optional package not installed here (caustics, of the bench extra) goes by its module's name
+        names = {_canonical(d) for d in dists.get(top, [])} or {_canonical(top)}
+        if not names & (MAIN | OPTIONAL):
+            undeclared[top] = sorted(where["module"] | where["lazy"])
+    assert not undeclared, f"imported by tests or benchmarks but in no dependency list of pyproject.toml: {undeclared}"
 
 
 def test_floors_are_at_least_what_the_code_needs():
