@@ -87,3 +87,26 @@ def test_the_default_trainer_runs_where_there_is_no_gpu(tmp_path):
                       "callbacks.samples.every_n_epochs=0", f"paths.log_dir={tmp_path}"], cwd=tmp_path)
     if not torch.cuda.is_available():
         assert "no GPU found: training on the CPU" in proc.stdout + proc.stderr
+
+
+def test_a_wandb_run_held_by_a_killed_process_is_waited_for():
+    from scorelens.priors.run import start_wandb_run
+
+    calls = []
+
+    def start():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("run ID nggbvdlb is in use")
+        return "run"
+
+    assert start_wandb_run(start, tries=5, wait=0.01) == "run" and len(calls) == 3
+
+    def other():
+        raise RuntimeError("api key not configured")
+
+    with pytest.raises(RuntimeError, match="api key"):
+        start_wandb_run(other, tries=5, wait=0.01)
+    calls.clear()
+    with pytest.raises(RuntimeError, match="in use"):
+        start_wandb_run(start, tries=2, wait=0.01)

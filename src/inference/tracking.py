@@ -32,10 +32,12 @@ class SweepTracker:
         id_file = Path(out) / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         atomic_write_text(id_file, run_id)
-        self.run = wandb.init(project=cfg.get("project", "scorelens"), entity=cfg.get("entity"),
-                              group=cfg.get("group"), tags=list(cfg.get("tags") or []), job_type="infer",
-                              name=name, dir=str(out), config=config, id=run_id, resume="allow",
-                              mode=cfg.get("mode", "offline"))
+        from ..priors.run import start_wandb_run
+
+        self.run = start_wandb_run(lambda: wandb.init(
+            project=cfg.get("project", "scorelens"), entity=cfg.get("entity"), group=cfg.get("group"),
+            tags=list(cfg.get("tags") or []), job_type="infer", name=name, dir=str(out), config=config, id=run_id,
+            resume="allow", mode=cfg.get("mode", "offline")))
         # the W&B lineage of the priors this run used (their artifact names: `run.fetch_prior_artifacts`)
         for node in (config.get("priors") or {}).values():
             if isinstance(node, Mapping) and node.get("artifact") and self.run.settings.mode == "online":
