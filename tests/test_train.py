@@ -90,7 +90,7 @@ def test_the_default_trainer_runs_where_there_is_no_gpu(tmp_path):
 
 
 def test_a_wandb_run_held_by_a_killed_process_is_waited_for():
-    from scorelens.priors.run import start_wandb_run
+    from scorelens.priors.artifacts import start_wandb_run
 
     calls = []
 

@@ -128,7 +128,7 @@ def _varying(params: dict) -> list[str]:
     return [k for k in PARAM_NAMES if k in params and np.ptp(params[k]) > 0]
 
 
-def _nothing_varied(out: Path, name: str, text: str = "no mass parameter varied across the samples") -> None:
+def _message_figure(out: Path, name: str, text: str = "no mass parameter varied across the samples") -> None:
     # every proposal was rejected (or too few samples): say so instead of drawing empty axes
     fig, ax = plt.subplots(figsize=(5, 2))
     ax.text(0.5, 0.5, text, ha="center", va="center")
@@ -143,11 +143,11 @@ def corner_figure(params: dict, out: Path, truth: dict | None = None) -> None:
 
     names = _varying(params)
     if not names:
-        _nothing_varied(out, "corner")
+        _message_figure(out, "corner")
         return
     x = np.stack([np.ravel(params[k]) for k in names], axis=1)
     if len(x) <= len(names):
-        _nothing_varied(out, "corner", f"{len(x)} samples are too few for a corner plot of {len(names)} parameters")
+        _message_figure(out, "corner", f"{len(x)} samples are too few for a corner plot of {len(names)} parameters")
         return
     truths = None if truth is None else [truth.get(k) for k in names]
     fig = plt.figure(figsize=(1.9 * len(names), 1.9 * len(names)))
@@ -163,7 +163,7 @@ def trace_figure(params: dict, out: Path) -> None:
     az = arviz()
     names = _varying(params)
     if not names:
-        _nothing_varied(out, "trace")
+        _message_figure(out, "trace")
         return
     idata = az.from_dict(posterior={k: np.asarray(params[k], dtype=np.float64) for k in names})
     fig, axes = plt.subplots(len(names), 2, figsize=(10, 1.8 * len(names)), squeeze=False)

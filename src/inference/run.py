@@ -187,7 +187,8 @@ def write_outputs(sampler: GibbsSampler, state: SamplerState, data, geometry, ou
     # each chain's fit, mean over its recorded sweeps: which of chains that disagree fits the data
     warnings = log_diagnostics(rows, chains, draw_chi2.mean(1))
     lens = cfg["lens"]
-    write_summary_table(out / "summary.ecsv", chains, {**lens, "ra": data.ra, "dec": data.dec}, cfg["cosmology"])
+    write_summary_table(out / "summary.ecsv", chains, {**lens, "ra": data.ra, "dec": data.dec}, cfg["cosmology"],
+                        rows)
     write_inference_data(out / "samples.nc", chains, draw_chi2,
                          attrs={"lens": str(data.name), "units": "arcsec and radians (DESIGN.md)"})
     write_image_products(images, parts["model"], data, geometry, lens, out)

@@ -11,7 +11,7 @@ pooled, the columns of summary.csv) and one column per quantity, each with its u
   circular mean first, so an interval across 0 is one interval (its lower end may then be negative);
 - `gamma_ext`, `a3`, `a4`: dimensionless.
 The table's metadata name the cosmology (`cosmology` in conf/infer.yaml, an astropy realization, default
-Planck18), the lens and its redshifts, and each sampled parameter's split R-hat and bulk ESS (`rhat`, `ess_bulk`:
+Planck18), the lens and its redshifts, and each mass parameter's split R-hat and bulk ESS (`rhat`, `ess_bulk`:
 as in summary.csv). Read it with `astropy.table.QTable.read(path)`: columns are Quantities.
 """
 
@@ -28,8 +28,8 @@ from astropy.table import QTable
 
 from ..atomic import atomic_write
 from ..errors import InputError
-from .diagnostics import ess_bulk, quantiles, rhat
-from .results import QUANTILE_COLUMNS
+from .diagnostics import quantiles
+from .results import QUANTILE_COLUMNS, summarize
 
 # sampled angle -> (column, period of its symmetry in radians)
 ANGLES = {"phi": ("pa", np.pi), "phi_ext": ("pa_ext", np.pi), "phi3": ("pa3", 2 * np.pi / 3),
@@ -84,9 +84,11 @@ def einstein_mass(theta_e_arcsec: np.ndarray, z_lens: float, z_source: float, co
     return (constants.c**2 / (4 * constants.G) * d_l * d_s / d_ls * theta**2).to(u.solMass)
 
 
-def summary_table(params: Mapping[str, np.ndarray], lens: Mapping, cosmology_name: str) -> QTable:
+def summary_table(params: Mapping[str, np.ndarray], lens: Mapping, cosmology_name: str,
+                  rows: list[dict] | None = None) -> QTable:
     """The table of this module's docstring from params {name: [chains, draws]} (the sampler's physical
-    parameters) and the lens config (name, ra, dec, z_lens, z_source)."""
+    parameters) and the lens config (name, ra, dec, z_lens, z_source); rows: summary.csv's rows
+    (`results.summarize(params)`, computed here when not given) for R-hat and ESS."""
     cosmo = cosmology(cosmology_name)
     probs = list(QUANTILE_COLUMNS.values())
     z_l, z_s = lens.get("z_lens"), lens.get("z_source")
@@ -112,6 +114,7 @@ def summary_table(params: Mapping[str, np.ndarray], lens: Mapping, cosmology_nam
         if name in params:
             add(col, position_angle(np.asarray(params[name], dtype=np.float64), period), u.deg, ANGLE_TEXT[col],
                 np.degrees(period))
+    rows = summarize(params) if rows is None else rows
     table = QTable()
     table["statistic"] = list(QUANTILE_COLUMNS)
     table["statistic"].description = "posterior quantile of all chains' draws pooled (p16: 16th percentile)"
@@ -122,15 +125,15 @@ def summary_table(params: Mapping[str, np.ndarray], lens: Mapping, cosmology_nam
         "lens": str(lens.get("name", "")), "ra": lens.get("ra"), "dec": lens.get("dec"), "z_lens": z_l,
         "z_source": z_s, "cosmology": cosmology_name,
         "cosmology_parameters": {"H0": float(cosmo.H0.value), "Om0": float(cosmo.Om0)},
-        "rhat": {k: float(rhat(np.asarray(v, dtype=np.float64))) for k, v in params.items()},
-        "ess_bulk": {k: float(ess_bulk(np.asarray(v, dtype=np.float64))) for k, v in params.items()},
+        "rhat": {r["parameter"]: float(r["rhat"]) for r in rows},
+        "ess_bulk": {r["parameter"]: float(r["ess_bulk"]) for r in rows},
     })
     return table
 
 
 def write_summary_table(path: str | Path, params: Mapping[str, np.ndarray], lens: Mapping,
-                        cosmology_name: str) -> QTable:
-    """Write summary.ecsv (atomically) and return its table."""
-    table = summary_table(params, lens, cosmology_name)
+                        cosmology_name: str, rows: list[dict] | None = None) -> QTable:
+    """Write summary.ecsv (atomically) and return its table (rows: as for `summary_table`)."""
+    table = summary_table(params, lens, cosmology_name, rows)
     atomic_write(path, lambda tmp: table.write(tmp, format="ascii.ecsv", overwrite=True))
     return table

@@ -32,7 +32,7 @@ class SweepTracker:
         id_file = Path(out) / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         atomic_write_text(id_file, run_id)
-        from ..priors.run import start_wandb_run
+        from ..priors.artifacts import start_wandb_run
 
         self.run = start_wandb_run(lambda: wandb.init(
             project=cfg.get("project", "scorelens"), entity=cfg.get("entity"), group=cfg.get("group"),

@@ -1,4 +1,5 @@
-"""Priors as W&B artifacts: `train.py` logs each exported prior.pt as an artifact of type "prior"; `infer.py`
+"""W&B for priors: starting a run that a killed process may still hold (`start_wandb_run`, also used by
+inference); priors as artifacts: `train.py` logs each exported prior.pt as an artifact of type "prior"; `infer.py`
 takes `priors.<kind>.path=wandb:ENTITY/PROJECT/NAME:VERSION` (e.g. wandb:me/scorelens/source-prior:v3) and
 downloads it once.
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 from ..errors import InputError, one_line
@@ -73,3 +75,23 @@ def download_prior(spec: str, cache: str | Path) -> Path:
         raise InputError(f"{spec}: the artifact holds no {FILE}; is it a scorelens prior?")
     log.info("prior %s downloaded to %s", spec, local)
     return local
+
+
+# a run killed with kill -9 leaves W&B's service holding the run's id for a few seconds
+WANDB_IN_USE_TRIES, WANDB_IN_USE_WAIT = 30, 2.0
+
+
+def start_wandb_run(start, tries: int = WANDB_IN_USE_TRIES, wait: float = WANDB_IN_USE_WAIT):
+    """Call `start()` (which starts or resumes a W&B run), again every `wait` seconds while W&B says the run's id
+    is in use (the service of a killed process of the same run has not let it go yet); returns what it returns."""
+    for attempt in range(tries):
+        try:
+            return start()
+        except Exception as err:  # W&B's error types vary between versions; the message says it
+            if "is in use" not in str(err) or attempt == tries - 1:
+                raise
+            if attempt == 0:
+                log.info("the W&B run is still held by a killed process of this run; waiting for it (up to %.0f s)",
+                         tries * wait)
+            time.sleep(wait)
+    return None

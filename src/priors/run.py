@@ -6,7 +6,6 @@ import logging
 import os
 import secrets
 import string
-import time
 import warnings
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from ..atomic import atomic_write_text
 from ..data.training.normalization import PixelNorm
 from ..data.training.stream import SimulatedStream
 from ..errors import InputError
+from .artifacts import start_wandb_run
 from .callbacks import FinalCheckpoint
 from .module import ScorePriorModule
 
@@ -125,26 +125,6 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list:
             start_wandb_run(lambda lg=logger: lg.experiment)
         logger.log_hyperparams(config)
     return loggers
-
-
-# a run killed with kill -9 leaves W&B's service holding the run's id for a few seconds
-WANDB_IN_USE_TRIES, WANDB_IN_USE_WAIT = 30, 2.0
-
-
-def start_wandb_run(start, tries: int = WANDB_IN_USE_TRIES, wait: float = WANDB_IN_USE_WAIT):
-    """Call `start()` (which starts or resumes a W&B run), again every `wait` seconds while W&B says the run's id
-    is in use (the service of a killed process of the same run has not let it go yet); returns what it returns."""
-    for attempt in range(tries):
-        try:
-            return start()
-        except Exception as err:  # W&B's error types vary between versions; the message says it
-            if "is in use" not in str(err) or attempt == tries - 1:
-                raise
-            if attempt == 0:
-                log.info("the W&B run is still held by a killed process of this run; waiting for it (up to %.0f s)",
-                         tries * wait)
-            time.sleep(wait)
-    return None
 
 
 def _wandb_run_id(output_dir: Path) -> str:
