@@ -13,8 +13,16 @@ from .config import CONFIG_PATH, register_resolvers
 register_resolvers()
 
 
+def main() -> None:
+    """The command: owns its W&B service (`own_wandb_service`), then runs the Hydra app (once, or per sweep job)."""
+    from ..priors.artifacts import own_wandb_service
+
+    own_wandb_service()
+    _app()
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="infer")
-def main(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # figures are files: no window, also on login nodes without a display

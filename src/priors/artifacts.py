@@ -1,7 +1,7 @@
-"""W&B for priors: starting a run that a killed process may still hold (`start_wandb_run`, also used by
-inference); priors as artifacts: `train.py` logs each exported prior.pt as an artifact of type "prior"; `infer.py`
-takes `priors.<kind>.path=wandb:ENTITY/PROJECT/NAME:VERSION` (e.g. wandb:me/scorelens/source-prior:v3) and
-downloads it once.
+"""W&B for priors and runs: each command's own W&B service (`own_wandb_service`) and starting a run
+(`start_wandb_run`, also used by inference); priors as artifacts: `train.py` logs each exported prior.pt as an
+artifact of type "prior"; `infer.py` takes `priors.<kind>.path=wandb:ENTITY/PROJECT/NAME:VERSION`
+(e.g. wandb:me/scorelens/source-prior:v3) and downloads it once.
 
 Artifact names are `<kind>-prior` (source-prior, lens_light-prior, psf-prior), so each training run of one kind
 adds a version; the artifact's metadata hold the prior's kind, image size, noise range and training step.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 
 from ..errors import InputError, one_line
@@ -77,21 +76,24 @@ def download_prior(spec: str, cache: str | Path) -> Path:
     return local
 
 
-# a run killed with kill -9 leaves W&B's service holding the run's id for a few seconds
-WANDB_IN_USE_TRIES, WANDB_IN_USE_WAIT = 30, 2.0
+def own_wandb_service() -> None:
+    """Make this command start its own W&B service instead of joining one named by an inherited WANDB_SERVICE.
+
+    W&B advertises its service to child processes through that variable; a command started from a process that uses
+    W&B (a notebook, a test runner, a sweep driver) would otherwise join the parent's service, which keeps the
+    streams of runs it has seen: after `kill -9`, the same command then finds its own run id "in use" for as long as
+    the parent lives. Called once per process, by the `train.py` and `infer.py` entry points."""
+    if os.environ.pop("WANDB_SERVICE", None) is not None:
+        log.debug("not joining the W&B service of the parent process")
 
 
-def start_wandb_run(start, tries: int = WANDB_IN_USE_TRIES, wait: float = WANDB_IN_USE_WAIT):
-    """Call `start()` (which starts or resumes a W&B run), again every `wait` seconds while W&B says the run's id
-    is in use (the service of a killed process of the same run has not let it go yet); returns what it returns."""
-    for attempt in range(tries):
-        try:
-            return start()
-        except Exception as err:  # W&B's error types vary between versions; the message says it
-            if "is in use" not in str(err) or attempt == tries - 1:
-                raise
-            if attempt == 0:
-                log.info("the W&B run is still held by a killed process of this run; waiting for it (up to %.0f s)",
-                         tries * wait)
-            time.sleep(wait)
-    return None
+def start_wandb_run(start):
+    """Call `start()` (which starts or resumes a W&B run) and return what it returns; W&B's "run ID ... is in use"
+    becomes a one-line InputError (another live process holds this run folder's run)."""
+    try:
+        return start()
+    except Exception as err:  # W&B's error types vary between versions; the message says it
+        if "is in use" not in str(err):
+            raise
+        raise InputError(f"W&B: {one_line(err)}: another process is running this run folder's run; wait for it "
+                         "to end (or stop it) and start this command again") from None
