@@ -385,7 +385,7 @@ BRANCHING = {  # the anneal stage records 2 sweeps, and fine-tuning starts one c
     "stages": dict(
         init=dict(STAGES["init"]),
         anneal=dict(STAGES["anneal"], record=2),
-        finetune=dict(STAGES["finetune"], branch=True),
+        finetune=dict(STAGES["finetune"], branch=True, reseed=5.0),
     ),
 }
 
@@ -440,3 +440,43 @@ def test_resume_before_the_first_branched_sweep_branches_again_identically():
 def test_branching_needs_branch_points(stages, match):
     with pytest.raises(InputError, match=match):
         stages_from_config({"stages": stages})
+
+
+def test_chains_in_clearly_worse_modes_restart_from_the_best():
+    """`reseed`: a chain whose chi^2 exceeds the best by more than k T sqrt(2 N) takes a good chain's whole state
+    (the best first); chains within the limit, and the limit's scale with T, as documented."""
+    sampler, init = build()
+    lk = sampler.p.likelihood
+    # chain 0 at the truth, chain 1 near it, chain 2 at a wrong Einstein radius, chain 3 with a non-finite image
+    state = sampler.initial_state({**TRUTH, "theta_E": torch.tensor([0.8, 0.801, 0.6, 0.8], dtype=F64)}, 4, seed=0)
+    xs, ys = PixelGrid(16, 0.06).coordinates(dtype=F64)
+    state.source = (10 * torch.exp(-((xs - 0.05) ** 2 + (ys + 0.03) ** 2) / (2 * 0.1**2))).expand(4, 16, 16).clone()
+    state.source[3, 0, 0] = math.nan
+    state.mala.step = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=F64)
+    chi2 = lk.chi2(sampler.model_images(state)).sum(-1)
+    n = float(lk.n_pixels.sum())
+    assert chi2[1] - chi2[0] < 5 * math.sqrt(2 * n) < chi2[2] - chi2[0]  # the toy's modes, as the test means them
+    u, source = state.u.clone(), state.source.clone()
+
+    out = sampler.reseed(state, temperature=1.0, sigmas=5.0)
+    best, second = (0, 1) if chi2[0] <= chi2[1] else (1, 0)
+    torch.testing.assert_close(out.u[:2], u[:2], rtol=0, atol=0)
+    torch.testing.assert_close(out.u[2], u[best], rtol=0, atol=0)
+    torch.testing.assert_close(out.u[3], u[second], rtol=0, atol=0)
+    torch.testing.assert_close(out.source[3], source[second], rtol=0, atol=0)
+    assert out.mala.step.tolist() == [0.1, 0.2, [0.1, 0.2][best], [0.1, 0.2][second]]
+    # at a temperature where the wrong mode's excess is within the tempered scatter, it is kept
+    state = sampler.initial_state({**TRUTH, "theta_E": torch.tensor([0.8, 0.6], dtype=F64)}, 2, seed=0)
+    state.source = source[:2].clone()
+    excess = float(chi2[2] - chi2[0])
+    u = state.u.clone()
+    kept = sampler.reseed(state, temperature=1.01 * excess / (5 * math.sqrt(2 * n)), sigmas=5.0)
+    torch.testing.assert_close(kept.u, u, rtol=0, atol=0)
+
+
+def test_reseed_settings_are_checked():
+    assert Stage.from_config("a", dict(sweeps=2, temperature=1, reseed=5)).reseed == 5
+    with pytest.raises(InputError, match=r"sampler\.stages\.a\.reseed"):
+        Stage.from_config("a", dict(sweeps=2, temperature=1, reseed=0))
+    with pytest.raises(InputError, match="first stage has no chains"):
+        stages_from_config({"stages": dict(a=dict(sweeps=2, temperature=1, reseed=5.0))})

@@ -24,6 +24,8 @@ after every sweep by the caller: a run killed and resumed continues exactly wher
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -44,6 +46,8 @@ from .sde_settings import SDESettings
 from .split import SplitSettings, collapsed_log_likelihood, coupling, denoise
 from .stages import Stage
 from .state import SamplerState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -277,15 +281,49 @@ class GibbsSampler:
         state.records = []
         return state
 
+    def reseed(self, state: SamplerState, temperature: float, sigmas: float) -> SamplerState:
+        """Chains in clearly worse-fitting modes restart from the better chains' states, in place.
+
+        A chain whose chi^2 (all exposures, untempered) exceeds the best chain's by more than `sigmas` T sqrt(2 N)
+        (N used pixels; sqrt(2 N) is the standard deviation of a chi^2 of N pixels, and the draws of a stage at
+        temperature T scatter T times as much) sits where the posterior has next to no weight (its likelihood
+        e^(-Delta chi^2 / 2) times smaller), so its chain is spent; it takes the state of a chain within the limit
+        (mass, shifts, images, P and MALA's step sizes; the best first, in turn). Non-finite chi^2 counts as worst.
+        Deterministic, so a run resumed before the stage's first sweep reseeds identically."""
+        lk = self.p.likelihood
+        chi2 = lk.chi2(self.model_images(state)).sum(-1)
+        chi2 = torch.where(torch.isfinite(chi2), chi2, torch.full_like(chi2, math.inf))
+        limit = chi2.min() + sigmas * temperature * math.sqrt(2.0 * float(lk.n_pixels.sum()))
+        bad = (chi2 > limit).nonzero().flatten()
+        if len(bad) == 0 or not torch.isfinite(chi2.min()):
+            return state
+        good = torch.argsort(chi2)[: len(chi2) - len(bad)]
+        index = torch.arange(len(chi2), device=chi2.device)
+        index[bad] = good[torch.arange(len(bad), device=chi2.device) % len(good)]
+        reduced = (chi2 / lk.n_pixels.sum()).tolist()
+        log.info("%d of %d chains fit clearly worse (reduced chi2 %s; best %.3f, limit %.3f at T = %.3g): they "
+                 "restart from chains %s", len(bad), len(chi2), [round(reduced[i], 3) for i in bad.tolist()],
+                 min(reduced), float(limit) / float(lk.n_pixels.sum()), temperature, index[bad].tolist())
+        state.u = state.u[index]
+        state.source, state.lens_light = state.source[index], state.lens_light[index]
+        state.psf = None if state.psf is None else state.psf[index]
+        state.mala = state.mala.take(index)
+        return state
+
     def run(self, state: SamplerState, stages: list[Stage], save: Callable[[SamplerState], None] | None = None,
             on_sweep: Callable[[Stage, int, dict], None] | None = None) -> SamplerState:
         """Continue from `state` (its stage and sweep counters) to the end of the last stage, calling
         `save(state)` after every sweep. A branching stage (`Stage.branch`) first turns the records into chains
-        (`branch`); a run killed before that stage's first sweep is saved branches again from the same records."""
+        (`branch`), and a stage with `reseed` restarts the chains of clearly worse-fitting modes from the better ones
+        (`reseed`; after branching); a run killed before such a stage's first sweep is saved does both again from the
+        same state, identically."""
         while state.stage < len(stages):
             stage = stages[state.stage]
             if stage.branch and state.sweep == 0:
                 state = self.branch(state)
+            if stage.reseed is not None and state.sweep == 0:
+                before = stages[state.stage - 1]
+                state = self.reseed(state, before.temperature_at(before.sweeps - 1), stage.reseed)
             while state.sweep < stage.sweeps:
                 k = state.sweep
                 last = state.stage == len(stages) - 1 and k == stage.sweeps - 1

@@ -97,6 +97,12 @@ class MALATuning:
         return replace(self, step=rep(self.step), accepted=rep(self.accepted), proposed=rep(self.proposed),
                        nonfinite=rep(self.nonfinite))
 
+    def take(self, index: Tensor) -> MALATuning:
+        """The tuning of chains `index` ([B'] chain indices), as when chains restart from others' states
+        (`GibbsSampler.reseed`)."""
+        return replace(self, step=self.step[index], accepted=self.accepted[index], proposed=self.proposed[index],
+                       nonfinite=self.nonfinite[index])
+
     def state_dict(self) -> dict:
         """Plain tensors and numbers (`torch.load(weights_only=True)` reads them)."""
         return {"step": self.step, "accepted": self.accepted, "proposed": self.proposed, "nonfinite": self.nonfinite,

@@ -17,7 +17,11 @@ runs `sweeps` sweeps:
   [first sweep, last sweep] (geometric; a number: constant), split Gibbs (`split.py`) with coupling noise rho
   times the tempered data noise, the mass updated with the images integrated out;
 - mass_in_draw: MALA steps on the mass and shifts before each predictor step of the source draw
-  (`mass_in_draw.py`), which lets the mass move while the source is noisy; 0: only the mass block after it.
+  (`mass_in_draw.py`), which lets the mass move while the source is noisy; 0: only the mass block after it;
+- reseed: null, or a number k: before the stage's first sweep (after branching), chains whose chi^2 exceeds the
+  best chain's by more than k T sqrt(2 N) (N used pixels, T the previous stage's last temperature) restart from
+  the better chains' states (`GibbsSampler.reseed`): modes whose fit is that much worse carry next to no posterior
+  weight, and chains left in them would only widen the intervals with a mode the data rule out.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class Stage:
     rho: tuple[float, float] | None = None
     branch: bool = False
     mass_in_draw: int = 0
+    reseed: float | None = None
 
     def __post_init__(self):
         where = f"sampler.stages.{self.name}"
@@ -59,6 +64,7 @@ class Stage:
             as_int("record", self.record, 0)
             as_int("mass_in_draw", self.mass_in_draw, 0)
             first = as_float("first_t_start", self.first_t_start, optional=True)
+            reseed = as_float("reseed", self.reseed, optional=True)
         except SettingError as e:
             raise InputError(f"{where}.{e.key} {e.reason}") from None
         if self.burn_in > self.sweeps or self.record > self.sweeps:
@@ -80,6 +86,9 @@ class Stage:
         if self.mass_in_draw and self.rho is not None:
             raise InputError(f"{where}: mass_in_draw moves the mass inside the posterior-SDE source draw, which a "
                              f"split-Gibbs stage (rho) does not run; set one of them")
+        if reseed is not None and not reseed > 0:
+            raise InputError(f"{where}.reseed: the limit (standard deviations of chi^2) must be > 0, or null to keep "
+                             f"every chain, got {reseed}")
         if first is not None and not self.sde.t_min < first <= 1:
             raise InputError(f"{where}.first_t_start must be in (t_min, 1] = ({self.sde.t_min}, 1], got {first}")
 
@@ -152,7 +161,15 @@ def stages_from_config(sampler: Mapping) -> list[Stage]:
     if not out:
         raise InputError("sampler.stages: no stage to run")
     check_branches(out)
+    check_reseeds(out)
     return out
+
+
+def check_reseeds(stages: list[Stage]) -> None:
+    """A stage that reseeds compares the chains the previous stage left: the first stage cannot."""
+    if stages[0].reseed is not None:
+        raise InputError(f"sampler.stages.{stages[0].name}.reseed: the first stage has no chains of an earlier stage "
+                         f"to compare; set it to null")
 
 
 def check_branches(stages: list[Stage]) -> None:
