@@ -474,6 +474,31 @@ def test_chains_in_clearly_worse_modes_restart_from_the_best():
     torch.testing.assert_close(kept.u, u, rtol=0, atol=0)
 
 
+def test_reseed_limit_widens_with_the_chains_own_chi2_scatter():
+    from scorelens.inference.gibbs import chi2_scatter
+
+    history = [{"stage": "a", "chain_chi2": [1.0, 2.0]}] * 3 + [
+        {"stage": "b", "chain_chi2": [10.0 + d, 20.0 + 2 * d]} for d in (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)]
+    # the last 5 sweeps of stage b: sd of (1..5) and of (2..10); their median (the mean of two)
+    sd = torch.tensor([1.0, 2, 3, 4, 5], dtype=F64).std().item()
+    assert chi2_scatter(history, "b") == pytest.approx(1.5 * sd)
+    assert chi2_scatter(history, "c") == 0.0 and chi2_scatter(history[:4], "b") == 0.0
+    # a wrong mode that the statistical limit drops is kept when the chains' own chi^2 varies more than it
+    sampler, _ = build()
+    lk = sampler.p.likelihood
+    state = sampler.initial_state({**TRUTH, "theta_E": torch.tensor([0.8, 0.6], dtype=F64)}, 2, seed=0)
+    xs, ys = PixelGrid(16, 0.06).coordinates(dtype=F64)
+    state.source = (10 * torch.exp(-((xs - 0.05) ** 2 + (ys + 0.03) ** 2) / (2 * 0.1**2))).expand(2, 16, 16).clone()
+    chi2 = lk.chi2(sampler.model_images(state)).sum(-1)
+    excess = float(chi2[1] - chi2[0])
+    assert excess > 5 * math.sqrt(2 * float(lk.n_pixels.sum()))
+    u = state.u.clone()
+    kept = sampler.reseed(state, 1.0, 5.0, scatter=1.01 * excess / (5 * math.sqrt(2)))
+    torch.testing.assert_close(kept.u, u, rtol=0, atol=0)
+    dropped = sampler.reseed(state, 1.0, 5.0, scatter=0.99 * excess / (5 * math.sqrt(2)))
+    torch.testing.assert_close(dropped.u[1], u[0], rtol=0, atol=0)
+
+
 def test_reseed_settings_are_checked():
     assert Stage.from_config("a", dict(sweeps=2, temperature=1, reseed=5)).reseed == 5
     with pytest.raises(InputError, match=r"sampler\.stages\.a\.reseed"):

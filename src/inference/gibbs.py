@@ -252,13 +252,15 @@ class GibbsSampler:
 
     def metrics(self, state: SamplerState, kernels: Tensor, before: MALATuning, stage: Stage, k: int,
                 temperature: float) -> dict:
-        """One sweep's metrics: chi^2 per exposure (mean over chains), MALA's acceptance in the sweep (since
-        `before`) and mean step, the chains' mean physical parameters and, with a PSF model, the stars' chi^2."""
+        """One sweep's metrics: reduced chi^2 per exposure (mean over chains), each chain's chi^2 over all used
+        pixels (`chain_chi2`), MALA's acceptance in the sweep (since `before`) and mean step, the chains' mean
+        physical parameters and, with a PSF model, the stars' chi^2."""
         chi2 = self.p.likelihood.reduced_chi2(self.model_images(state, kernels))
+        total = (chi2 * self.p.likelihood.n_pixels).sum(-1)  # [B]: what `reseed` compares
         mala = state.mala
         acc = (mala.accepted - before.accepted).sum() / (mala.proposed - before.proposed).sum().clamp(min=1)
-        metrics = {"stage": stage.name, "sweep": k, "temperature": temperature,
-                   "chi2": chi2.mean(0).tolist(), "acceptance": float(acc), "mala_step": float(mala.step.mean()),
+        metrics = {"stage": stage.name, "sweep": k, "temperature": temperature, "chi2": chi2.mean(0).tolist(),
+                   "chain_chi2": total.tolist(), "acceptance": float(acc), "mala_step": float(mala.step.mean()),
                    "mass": dict(zip(self.p.space.names, self.p.space.to_physical(state.u).mean(0).tolist(),
                                     strict=True))}
         if state.psf is not None:
@@ -281,19 +283,22 @@ class GibbsSampler:
         state.records = []
         return state
 
-    def reseed(self, state: SamplerState, temperature: float, sigmas: float) -> SamplerState:
+    def reseed(self, state: SamplerState, temperature: float, sigmas: float, scatter: float = 0.0) -> SamplerState:
         """Chains in clearly worse-fitting modes restart from the better chains' states, in place.
 
-        A chain whose chi^2 (all exposures, untempered) exceeds the best chain's by more than `sigmas` T sqrt(2 N)
-        (N used pixels; sqrt(2 N) is the standard deviation of a chi^2 of N pixels, and the draws of a stage at
-        temperature T scatter T times as much) sits where the posterior has next to no weight (its likelihood
+        A chain whose chi^2 (all exposures, untempered) exceeds the best chain's by more than `sigmas` times the
+        larger of T sqrt(2 N) and sqrt(2) `scatter` sits where the posterior has next to no weight (its likelihood
         e^(-Delta chi^2 / 2) times smaller), so its chain is spent; it takes the state of a chain within the limit
-        (mass, shifts, images, P and MALA's step sizes; the best first, in turn). Non-finite chi^2 counts as worst.
-        Deterministic, so a run resumed before the stage's first sweep reseeds identically."""
+        (mass, shifts, images, P and MALA's step sizes; the best first, in turn). N: used pixels; sqrt(2 N) is the
+        standard deviation of a chi^2 of N pixels, and draws at temperature T scatter T times as much; `scatter`:
+        how much a chain's own chi^2 varied from sweep to sweep (`chi2_scatter`), which is larger where the draws
+        are not yet at equilibrium (a difference of two chains: sqrt(2) times it). Non-finite chi^2 counts as
+        worst. Deterministic, so a run resumed before the stage's first sweep reseeds identically."""
         lk = self.p.likelihood
         chi2 = lk.chi2(self.model_images(state)).sum(-1)
         chi2 = torch.where(torch.isfinite(chi2), chi2, torch.full_like(chi2, math.inf))
-        limit = chi2.min() + sigmas * temperature * math.sqrt(2.0 * float(lk.n_pixels.sum()))
+        limit = chi2.min() + sigmas * max(temperature * math.sqrt(2.0 * float(lk.n_pixels.sum())),
+                                          math.sqrt(2.0) * scatter)
         bad = (chi2 > limit).nonzero().flatten()
         if len(bad) == 0 or not torch.isfinite(chi2.min()):
             return state
@@ -304,6 +309,7 @@ class GibbsSampler:
         log.info("%d of %d chains fit clearly worse (reduced chi2 %s; best %.3f, limit %.3f at T = %.3g): they "
                  "restart from chains %s", len(bad), len(chi2), [round(reduced[i], 3) for i in bad.tolist()],
                  min(reduced), float(limit) / float(lk.n_pixels.sum()), temperature, index[bad].tolist())
+
         state.u = state.u[index]
         state.source, state.lens_light = state.source[index], state.lens_light[index]
         state.psf = None if state.psf is None else state.psf[index]
@@ -323,7 +329,8 @@ class GibbsSampler:
                 state = self.branch(state)
             if stage.reseed is not None and state.sweep == 0:
                 before = stages[state.stage - 1]
-                state = self.reseed(state, before.temperature_at(before.sweeps - 1), stage.reseed)
+                state = self.reseed(state, before.temperature_at(before.sweeps - 1), stage.reseed,
+                                    chi2_scatter(state.history, before.name))
             while state.sweep < stage.sweeps:
                 k = state.sweep
                 last = state.stage == len(stages) - 1 and k == stage.sweeps - 1
@@ -346,3 +353,16 @@ def stage_tuning(tuning: MALATuning) -> MALATuning:
     restarted, so that the stage's burn-in adapts with the recursion's full gain rather than with the small one the
     earlier stages' steps left (k^-0.6 after hundreds of steps)."""
     return tuning.restart()
+
+
+def chi2_scatter(history: list[dict], stage: str, last: int = 5) -> float:
+    """How much a chain's chi^2 varies from sweep to sweep at the end of `stage`: the median over chains of the
+    standard deviation of each chain's chi^2 (`chain_chi2` of the metrics) over the stage's last `last` sweeps of
+    `history`; 0 with fewer than two such sweeps."""
+    rows = [m["chain_chi2"] for m in history if m.get("stage") == stage and "chain_chi2" in m][-last:]
+    if len(rows) < 2 or len({len(r) for r in rows}) != 1:
+        return 0.0
+    values = torch.tensor(rows, dtype=torch.float64)
+    sd = values.std(0)
+    sd = sd[torch.isfinite(sd)]
+    return float(sd.quantile(0.5)) if len(sd) else 0.0

@@ -19,9 +19,10 @@ runs `sweeps` sweeps:
 - mass_in_draw: MALA steps on the mass and shifts before each predictor step of the source draw
   (`mass_in_draw.py`), which lets the mass move while the source is noisy; 0: only the mass block after it;
 - reseed: null, or a number k: before the stage's first sweep (after branching), chains whose chi^2 exceeds the
-  best chain's by more than k T sqrt(2 N) (N used pixels, T the previous stage's last temperature) restart from
-  the better chains' states (`GibbsSampler.reseed`): modes whose fit is that much worse carry next to no posterior
-  weight, and chains left in them would only widen the intervals with a mode the data rule out.
+  best chain's by more than k times the larger of T sqrt(2 N) (N used pixels, T the previous stage's last
+  temperature) and the chains' own sweep-to-sweep chi^2 scatter restart from the better chains' states
+  (`GibbsSampler.reseed`): modes whose fit is that much worse carry next to no posterior weight, and chains left
+  in them would only widen the intervals with a mode the data rule out.
 """
 
 from __future__ import annotations
