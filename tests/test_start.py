@@ -74,7 +74,7 @@ def test_blurred_light_gaussian_is_the_numerical_convolution():
     assert torch.allclose(conv[inner, inner], analytic[inner, inner], atol=1e-6)
 
 
-def _rendered_lens(mass: dict, noise: float = 0.02):
+def _rendered_lens(mass: dict, noise: float = 0.02, source_flux: float = 1.0):
     """Two dithered 40 x 40 exposures at 0.05 arcsec of an EPL + shear lens with a Gaussian PSF, a two-clump source
     and an elliptical exponential lens light, rendered by the forward model (not by the finder's own model)."""
     grid = ExposureGrid.regular((40, 40), 0.05, 1, n_exp=2, offsets=torch.tensor([[0.0, 0.0], [0.012, -0.02]]),
@@ -82,8 +82,8 @@ def _rendered_lens(mass: dict, noise: float = 0.02):
     src_grid, light_grid = PixelGrid(64, 0.025), PixelGrid(64, 0.04)
     model = ForwardModel(grid, src_grid, light_grid, detector="sample")
     sx, sy = src_grid.coordinates(D)
-    source = (torch.exp(-0.5 * ((sx - 0.08) ** 2 + (sy + 0.05) ** 2 / 0.5) / 0.12**2)
-              + 0.6 * torch.exp(-0.5 * ((sx + 0.15) ** 2 + (sy - 0.1) ** 2) / 0.06**2))
+    source = source_flux * (torch.exp(-0.5 * ((sx - 0.08) ** 2 + (sy + 0.05) ** 2 / 0.5) / 0.12**2)
+                            + 0.6 * torch.exp(-0.5 * ((sx + 0.15) ** 2 + (sy - 0.1) ** 2) / 0.06**2))
     lx, ly = light_grid.coordinates(D)
     light = 3.0 * torch.exp(-torch.sqrt((lx * 0.9) ** 2 + (ly / 0.9) ** 2) / 0.3)
     k = torch.arange(11, dtype=D) - 5
@@ -123,6 +123,23 @@ def test_finder_finds_the_lens_from_data_alone_and_spreads_the_chains():
     # the chains' first lens light is the fitted one: brighter at the centre than far out, near the true peak
     centre = start.lens_light[0, 32, 32]
     assert float(centre) == pytest.approx(3.0, rel=0.35) and float(start.lens_light[0, 0, 0]) < 0.1 * float(centre)
+
+
+def test_chains_from_a_given_mass_start_with_the_fitted_lens_light():
+    """`StartFinder.lens_light` (the first L of catalogue and `init` starts): on a lens without source light, the
+    concentric Gaussians fitted to the data reproduce the true exponential light where the data see it."""
+    model, like, psf, _, light_grid = _rendered_lens(TRUE, source_flux=0.0)
+    finder = StartFinder(model, like, psf, StartSettings(light_steps=60, bin=1, systematic=0.0))
+    light = finder.lens_light(light_grid)
+    lx, ly = light_grid.coordinates(D)
+    true = 3.0 * torch.exp(-torch.sqrt((lx * 0.9) ** 2 + (ly / 0.9) ** 2) / 0.3)
+    seen = (lx.abs() < 0.9) & (ly.abs() < 0.9)  # inside the 2-arcsec exposures
+    assert float(light[seen].sum() / true[seen].sum()) == pytest.approx(1.0, abs=0.02)
+    assert float(torch.corrcoef(torch.stack([light[seen], true[seen]]))[0, 1]) > 0.999
+    # the model image of the fitted light against the data: a few per cent of the peak, worst at the cusp
+    image = model({k: torch.tensor([v], dtype=D) for k, v in TRUE.items()}, torch.zeros(1, 2, 2, dtype=D),
+                  torch.zeros(1, 64, 64, dtype=D), light[None], psf)[0]
+    assert float((image - like.data).abs().max()) < 0.06 * float(like.data.max())
 
 
 def test_start_settings_name_a_bad_key():

@@ -261,14 +261,18 @@ def mean_components(sampler: GibbsSampler, v: torch.Tensor, source, lens_light, 
 def initial_state(sampler: GibbsSampler, problem, geometry, cfg: dict) -> SamplerState:
     """The chains' first state, by `lens.init_from`: `auto`, the start finder's modes (`start/`), the lens's
     `init` being one more seed; `init` (or null), the lens config's `init` as written; `catalog`, a mock's
-    simulated catalogue entry."""
+    simulated catalogue entry. Chains that start from a given mass start with the fitted lens light as L
+    (`start.fit_lens_light`) and S = 0."""
     chains, seed = int(cfg["sampler"]["chains"]), int(cfg["seed"])
     if cfg["lens"].get("init_from") == "auto":
         from .start import find_start
 
         start = find_start(problem, geometry, cfg, chains, seed)
         return sampler.initial_state(start.mass, chains, seed, start.source, start.lens_light)
-    return sampler.initial_state(initial_mass(cfg), chains, seed)
+    mass = initial_mass(cfg)
+    from .start import fit_lens_light
+
+    return sampler.initial_state(mass, chains, seed, lens_light=fit_lens_light(problem, geometry, cfg))
 
 
 def initial_mass(cfg: dict) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Mapping
 
 import torch
@@ -17,7 +18,7 @@ from .finder import StartFinder, StartSettings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ChainStart", "StartFinder", "StartSettings", "find_start"]
+__all__ = ["ChainStart", "StartFinder", "StartSettings", "find_start", "fit_lens_light"]
 
 
 def find_start(problem, geometry: ModelGeometry, cfg: Mapping, chains: int, seed: int) -> ChainStart:
@@ -44,3 +45,17 @@ def find_start(problem, geometry: ModelGeometry, cfg: Mapping, chains: int, seed
     counts = {m: start.mode.count(m) for m in sorted(set(start.mode))}
     log.info("chains per mode: %s", ", ".join(f"mode {m}: {c}" for m, c in counts.items()))
     return start
+
+
+def fit_lens_light(problem, geometry: ModelGeometry, cfg: Mapping) -> torch.Tensor:
+    """The first lens light [n_l, n_l] of chains that start from a given mass (`lens.init_from: catalog` or
+    `init`): the start finder's lens-light-only fit (concentric elliptical Gaussians, settings `cfg["start"]`).
+    With L = 0 instead, the first source draw would have to explain the lens galaxy by lensed source light, which
+    takes a source many times brighter than any real one, and the chains can diverge from there."""
+    settings = StartSettings.from_config(cfg.get("start"))
+    finder = StartFinder(problem.model, problem.likelihood, problem.psf, settings)
+    t0 = time.perf_counter()
+    light = finder.lens_light(geometry.lens_light).to(problem.psf)
+    log.info("the chains' first lens light: a fit of concentric Gaussians to the data (%.0f s)",
+             time.perf_counter() - t0)
+    return light

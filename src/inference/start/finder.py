@@ -419,6 +419,25 @@ class StartFinder:
 
     # --- images for the chains -----------------------------------------------------------------------------------
     @torch.no_grad()
+    def _render_light(self, params: Mapping[str, float], amplitudes: Tensor, light_grid) -> Tensor:
+        """Concentric Gaussians of centre and ellipticity `params` (xl, yl, el1, el2) and `amplitudes` [J] on the
+        sampler's lens-light grid [n_l, n_l] (data units per detector pixel)."""
+        p = {k: torch.tensor([params[k]], dtype=self.dtype, device=self.device) for k in ("xl", "yl", "el1", "el2")}
+        lx, ly = light_grid.coordinates(self.dtype, self.device)
+        g = light_gaussians(lx[None], ly[None], torch.stack([p["xl"], p["yl"]], -1), p["el1"], p["el2"],
+                            self.sigmas)[0]
+        return (amplitudes.to(self.dtype).to(self.device)[:, None, None] * g).sum(0)
+
+    def lens_light(self, light_grid) -> Tensor:
+        """The lens light alone, fitted to all the data (the search's first step), on the sampler's lens-light grid
+        [n_l, n_l]: the first L of chains that start from a given mass (`lens.init_from: catalog` or `init`)."""
+        self.data = self.all_data
+        light = self._light_start()
+        with torch.no_grad():
+            amplitudes = self.fit(light, light_only=True).amplitudes[0]
+        return self._render_light({k: float(v) for k, v in light.items()}, amplitudes, light_grid)
+
+    @torch.no_grad()
     def images(self, mode: Mode, source_grid, light_grid) -> tuple[Tensor, Tensor]:
         """The mode's smooth source [n_s, n_s] and lens light [n_l, n_l] on the sampler's pixel grids (fluxes in
         data units per detector pixel, as the forward model takes them)."""
@@ -428,8 +447,4 @@ class StartFinder:
         sx, sy = source_grid.coordinates(self.dtype, self.device)
         centre = torch.stack([p["xs"], p["ys"]], -1)
         source = (amp[:ks, None, None] * source_blobs(sx[None], sy[None], centre, self.offsets, self.width)[0]).sum(0)
-        lx, ly = light_grid.coordinates(self.dtype, self.device)
-        g = light_gaussians(lx[None], ly[None], torch.stack([p["xl"], p["yl"]], -1), p["el1"], p["el2"],
-                            self.sigmas)[0]
-        light = (amp[ks:, None, None] * g).sum(0)
-        return source, light
+        return source, self._render_light(mode.params, amp[ks:], light_grid)
