@@ -134,11 +134,18 @@ def test_kernel_map_puts_each_group_on_its_exposures_and_keeps_fixed_ones():
     fixed = torch.rand(3, k, k, dtype=F64)
     km = KernelMap(rows, torch.tensor([1, -1, 0]), fixed)
     psf = torch.rand(2, 2, n, n, dtype=F64)
+    unit = psf / psf.sum((-1, -2), keepdim=True)
     out = km(psf)
     assert out.shape == (2, 3, k, k)
-    assert torch.allclose(out[:, 0], rows[0] @ psf[:, 1] @ rows[0].T)
+    assert torch.allclose(out[:, 0], rows[0] @ unit[:, 1] @ rows[0].T)
     assert torch.allclose(out[:, 1], fixed[1].expand(2, k, k))
-    assert torch.allclose(out[:, 2], rows[2] @ psf[:, 0] @ rows[2].T)
+    assert torch.allclose(out[:, 2], rows[2] @ unit[:, 0] @ rows[2].T)
+    # P's scale is the stars' flux's business: the kernels see P's shape only
+    assert torch.allclose(km(0.6 * psf), out)
+    # a P without positive total (a draw gone wrong) leaves that chain the exposure's fixed kernel
+    bad = psf.clone()
+    bad[1, 0] = -bad[1, 0]
+    assert torch.allclose(km(bad)[1, 2], fixed[2]) and torch.allclose(km(bad)[0], out[0])
 
 
 def test_given_psf_pseudo_star_reads_back_the_given_psf():

@@ -258,7 +258,7 @@ def star_operator(stars: StarList, group: np.ndarray, groups: int, n: int, overs
 
 class KernelMap:
     """P of each exposure's group -> the forward model's kernels [B, n_exp, K, K] (detector="sample": the ePSF at
-    sub-pixel offsets, unit sum over the kernel for a unit-sum PSF).
+    sub-pixel offsets, unit sum over the kernel for a unit-sum PSF), P taken at unit sum.
 
     Args:
         rows: [n_exp, K, n] per exposure (its detector pixel scale sets P's oversampling), `psf_rows` at the
@@ -271,10 +271,19 @@ class KernelMap:
         self.rows, self.group, self.fixed = rows, group, fixed
 
     def __call__(self, psf: Tensor) -> Tensor:
-        """psf: [B, G, n, n] -> kernels [B, n_exp, K, K]."""
+        """psf: [B, G, n, n] -> kernels [B, n_exp, K, K], each from P scaled to unit sum.
+
+        A PSF holds all of a point source's flux by definition; the stars fix P's shape but its scale only
+        together with their fluxes, which are estimated (from the ePSF) and can be off by tens of per cent where an
+        exposure has one or two stars. Unscaled, such a P would take that error into the lens model's brightness
+        (and the source and lens light then grow to make up for it). A chain whose P has no positive total keeps
+        the exposure's fixed kernel."""
         b = psf.shape[0]
         out = self.fixed.expand(b, *self.fixed.shape).clone()
         for e, g in enumerate(self.group.tolist()):
             if g >= 0:
-                out[:, e] = self.rows[e] @ psf[:, g] @ self.rows[e].T
+                total = psf[:, g].sum((-1, -2))
+                ok = total > 0
+                unit = psf[:, g] / torch.where(ok, total, torch.ones_like(total))[:, None, None]
+                out[:, e] = torch.where(ok[:, None, None], self.rows[e] @ unit @ self.rows[e].T, out[:, e])
         return out
