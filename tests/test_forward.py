@@ -332,6 +332,26 @@ def test_sample_detector_operator_adjoint_and_diag(which):
     assert (op.rowsum_AAT() >= op.diag_AAT() - 1e-12).all()
 
 
+def test_rowsum_bounds_aat_for_a_psf_with_negative_pixels():
+    """A sampled PSF has small negative pixels: the rowsum diagonal is then that of A with |PSF|, still an upper
+    bound of A A^T (D - A A^T positive semi-definite), where A A^T 1 is not."""
+    fm = small_model_detector("sample")
+    g = torch.Generator().manual_seed(9)
+    mass = batched_mass(2, jitter=0.02, generator=g)
+    shifts = 0.02 * torch.randn(2, 2, 2, generator=g, dtype=F64)
+    psf = torch.rand(2, 2, 6, 6, generator=g, dtype=F64) - 0.5  # about half of the pixels negative
+    op = fm.source_operator(mass, shifts, psf)
+    a = dense_matrix(op, 16)  # [2, 2 * 64, 256]
+    aat = a @ a.transpose(-1, -2)
+    # A with |PSF| is at least |A| entrywise, so its row sums are at least those of |A| |A|^T
+    abs_rows = (a.abs() @ a.abs().transpose(-1, -2)).sum(-1).reshape(2, 2, 8, 8)
+    assert (op.rowsum_AAT() >= abs_rows - 1e-10).all()
+    for b in range(2):
+        assert torch.linalg.eigvalsh(torch.diag(op.rowsum_AAT()[b].reshape(-1)) - aat[b]).min() > -1e-10
+    # what the signed row sums would give: below diag(A A^T) somewhere, no bound at all
+    assert (aat.sum(-1) < torch.diagonal(aat, dim1=-2, dim2=-1)).any()
+
+
 def test_unknown_detector_is_refused():
     with pytest.raises(ValueError, match="detector must be one of"):
         small_model_detector("bin")

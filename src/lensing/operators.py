@@ -142,12 +142,18 @@ class ImagingOperator:
         return out
 
     def rowsum_AAT(self) -> Tensor:
-        """A A^T 1 per detector pixel, [B, n_exp, H, W]: for A >= 0 an upper bound of A A^T in the order of positive
-        semi-definite matrices, when used as a diagonal (diag(M 1) - M is diagonally dominant)."""
+        """B B^T 1 per detector pixel, [B, n_exp, H, W], B = A with |PSF| (A itself for a PSF without negative
+        pixels): used as a diagonal, an upper bound of A A^T in the order of positive semi-definite matrices
+        (B >= |A| entrywise, as the bilinear weights are >= 0, so diag(B B^T 1) - A A^T is diagonally dominant). A
+        sampled PSF has small negative pixels, and A A^T 1 can then fall below diag(A A^T): the convolved likelihood
+        would be more confident than the exact one, and the reverse SDE can diverge."""
+        op = self
+        if bool((self.psf < 0).any()):
+            op = ImagingOperator(self.index, self.weight, self.n, self.psf.abs(), self.upsample, self.detector)
         b, e = self.index.shape[:2]
         h, w = self.detector_shape
         ones = torch.ones(b, e, h, w, dtype=self.weight.dtype, device=self.weight.device)
-        return self(self.adjoint(ones))
+        return op(op.adjoint(ones))
 
     def norm_estimate(self, n_iter: int = 20, generator: torch.Generator | None = None) -> Tensor:
         """Largest singular value of A per chain [B], by power iteration (for step sizes)."""
