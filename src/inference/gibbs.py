@@ -327,7 +327,7 @@ class GibbsSampler:
             stage = stages[state.stage]
             if stage.branch and state.sweep == 0:
                 state = self.branch(state)
-            if stage.reseed is not None and state.sweep == 0:
+            if stage.reseed is not None and state.sweep == 0 and state.stage > 0:  # the first has none to compare
                 before = stages[state.stage - 1]
                 state = self.reseed(state, before.temperature_at(before.sweeps - 1), stage.reseed,
                                     chi2_scatter(state.history, before.name))

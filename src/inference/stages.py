@@ -162,15 +162,7 @@ def stages_from_config(sampler: Mapping) -> list[Stage]:
     if not out:
         raise InputError("sampler.stages: no stage to run")
     check_branches(out)
-    check_reseeds(out)
     return out
-
-
-def check_reseeds(stages: list[Stage]) -> None:
-    """A stage that reseeds compares the chains the previous stage left: the first stage cannot."""
-    if stages[0].reseed is not None:
-        raise InputError(f"sampler.stages.{stages[0].name}.reseed: the first stage has no chains of an earlier stage "
-                         f"to compare; set it to null")
 
 
 def check_branches(stages: list[Stage]) -> None:
