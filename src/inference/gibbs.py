@@ -255,12 +255,14 @@ class GibbsSampler:
         """One sweep's metrics: reduced chi^2 per exposure (mean over chains), each chain's chi^2 over all used
         pixels (`chain_chi2`), MALA's acceptance in the sweep (since `before`) and mean step, the chains' mean
         physical parameters and, with a PSF model, the stars' chi^2."""
-        chi2 = self.p.likelihood.reduced_chi2(self.model_images(state, kernels))
-        total = (chi2 * self.p.likelihood.n_pixels).sum(-1)  # [B]: what `reseed` compares
+        lk = self.p.likelihood
+        chi2_all = lk.chi2(self.model_images(state, kernels))  # [B, n_exp]
+        chi2 = chi2_all / lk.n_pixels
         mala = state.mala
         acc = (mala.accepted - before.accepted).sum() / (mala.proposed - before.proposed).sum().clamp(min=1)
         metrics = {"stage": stage.name, "sweep": k, "temperature": temperature, "chi2": chi2.mean(0).tolist(),
-                   "chain_chi2": total.tolist(), "acceptance": float(acc), "mala_step": float(mala.step.mean()),
+                   "chain_chi2": chi2_all.sum(-1).tolist(), "acceptance": float(acc),
+                   "mala_step": float(mala.step.mean()),
                    "mass": dict(zip(self.p.space.names, self.p.space.to_physical(state.u).mean(0).tolist(),
                                     strict=True))}
         if state.psf is not None:

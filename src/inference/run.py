@@ -263,15 +263,13 @@ def initial_state(sampler: GibbsSampler, problem, geometry, cfg: dict) -> Sample
     `init` being one more seed; `init` (or null), the lens config's `init` as written; `catalog`, a mock's
     simulated catalogue entry. Chains that start from a given mass start with the fitted lens light as L
     (`start.fit_lens_light`) and S = 0."""
+    from .start import find_start, fit_lens_light
+
     chains, seed = int(cfg["sampler"]["chains"]), int(cfg["seed"])
     if cfg["lens"].get("init_from") == "auto":
-        from .start import find_start
-
         start = find_start(problem, geometry, cfg, chains, seed)
         return sampler.initial_state(start.mass, chains, seed, start.source, start.lens_light)
     mass = initial_mass(cfg)
-    from .start import fit_lens_light
-
     return sampler.initial_state(mass, chains, seed, lens_light=fit_lens_light(problem, geometry, cfg))
 
 
