@@ -139,7 +139,8 @@ def test_every_mass_parameter_is_an_init_key():
 def test_values_the_code_accepts_still_validate():
     for overrides in (["flux.source.scale=120"], ["flux.source.scale=1.5e3"], ["psf.sample=true"], ["resume=false"],
                       ["observations.sky=3.5"], ["observations.sky=median"], ["priors.psf=null"],
-                      ["lens.exposures=J1430/j9op36bfq_flt.fits"], ["lensing.n_terms=40"]):
+                      ["lens.exposures=J1430/j9op36bfq_flt.fits"], ["lensing.n_terms=40"],
+                      ["lensing.margin=0"], ["lensing.margin=12"]):
         validate_infer_config(compose_infer(["lens=J1430", *overrides]))
 
 
@@ -197,6 +198,8 @@ def test_infer_py_prints_one_line_and_exits_2(tmp_path):
     (["sampler.mala.step_size=0"], "sampler.mala.step_size=0: write a positive number"),
     (["sampler.mala.target_accept=1.5"], "sampler.mala.target_accept=1.5: write a fraction between 0 and 1"),
     (["lensing.source.n=0"], "lensing.source.n=0: write a positive whole number"),
+    (["lensing.margin=-2"], "lensing.margin=-2: write auto"),
+    (["lensing.margin=psf"], "lensing.margin='psf': write auto"),
     (["sampler.dtype=float16"], "sampler.dtype='float16': write one of float32, float64"),
     (["sampler.device=gpu"], "sampler.device='gpu': write auto"),
     (["resume=maybe"], "resume='maybe': write auto"),

@@ -116,6 +116,7 @@ class LensingConfig:
     source: SourceGrid = field(default_factory=SourceGrid)
     lens_light: LensLightGrid = field(default_factory=LensLightGrid)
     n_terms: int | None = MISSING
+    margin: Any = MISSING            # detector pixels beyond the cutout's edges, or auto (the PSF's half-width)
 
 
 @dataclass
@@ -336,6 +337,10 @@ def _check_values(node: DictConfig) -> None:
     positive("sampler.mala.step_size", node.sampler.mala.step_size)
     positive("lensing.upsample", node.lensing.upsample, integer=True)
     positive("lensing.psf_size", node.lensing.psf_size, integer=True)
+    margin = node.lensing.margin
+    if margin != "auto" and (isinstance(margin, bool) or not isinstance(margin, int) or margin < 0):
+        raise InputError(f"lensing.margin={margin!r}: write auto (the PSF's half-width) or a whole number of detector "
+                         "pixels >= 0")
     for grid in ("source", "lens_light"):
         positive(f"lensing.{grid}.n", node.lensing[grid].n, integer=True)
         positive(f"lensing.{grid}.pixel_scale", node.lensing[grid].pixel_scale, allow_none=grid == "lens_light")

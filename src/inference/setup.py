@@ -109,14 +109,16 @@ def build_problem(cfg: Mapping, root: str | Path, device: str | torch.device = "
     geometry = ModelGeometry.from_config({**cfg["lensing"], "source": source}, det_scale, footprint=footprint)
     as_t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
     grid = ExposureGrid.from_detector(as_t(stacked["x"]), as_t(stacked["y"]), geometry.upsample)
-    model = ForwardModel(grid, geometry.source, geometry.lens_light, n_terms=geometry.n_terms, detector="sample")
+    model = ForwardModel(grid, geometry.source, geometry.lens_light, n_terms=geometry.n_terms, detector="sample",
+                         margin=geometry.margin)
     likelihood = GaussianLikelihood(as_t(stacked["data"]), as_t(stacked["variance"]),
                                     torch.as_tensor(stacked["mask"], device=device))
     psfs = exposure_psfs(data, geometry, cfg["psf"], cfg["stars"]["find"])
     psf = as_t(psfs.kernels)
-    log.info("%s: %d exposure(s) of %s pixels at %s arcsec; model upsample %d, PSF %d; "
-             "lens light %d x %.4f arcsec", data.name, len(data), data.exposures[0].shape, sorted(scales),
-             geometry.upsample, geometry.psf_size, geometry.lens_light.n, geometry.lens_light.pixel_scale)
+    log.info("%s: %d exposure(s) of %s pixels at %s arcsec; model upsample %d, PSF %d, rays %d pixels beyond "
+             "the edges; lens light %d x %.4f arcsec", data.name, len(data), data.exposures[0].shape, sorted(scales),
+             geometry.upsample, geometry.psf_size, geometry.margin, geometry.lens_light.n,
+             geometry.lens_light.pixel_scale)
 
     s = cfg["sampler"]
     half = 0.5 * max(data.exposures[0].shape) * min(e.pixel_scale for e in data.exposures)  # arcsec

@@ -85,7 +85,7 @@ def differentiable_operators(model: ForwardModel, mass: Mapping[str, Tensor], sh
     ops = {}
     for kind, grid, (px, py) in (("source", model.source, (bx, by)), ("lens_light", model.lens_light, (x, y))):
         index, weight = bilinear_weights(grid, px, py)
-        ops[kind] = ImagingOperator(index, weight, grid.n, kernels, model.upsample, model.detector)
+        ops[kind] = ImagingOperator(index, weight, grid.n, kernels, model.upsample, model.detector, model.crop)
     return ops
 
 
@@ -95,7 +95,8 @@ def dense(op: ImagingOperator) -> Tensor:
     k = n * n
     basis = torch.eye(k, dtype=op.weight.dtype, device=op.weight.device).reshape(k, n, n)
     rep = ImagingOperator(op.index.repeat_interleave(k, 0), op.weight.repeat_interleave(k, 0), n,
-                          op.psf if op.psf.ndim == 3 else op.psf.repeat_interleave(k, 0), op.upsample, op.detector)
+                          op.psf if op.psf.ndim == 3 else op.psf.repeat_interleave(k, 0), op.upsample, op.detector,
+                          op.crop)
     cols = rep(basis.repeat(b, 1, 1))  # [B k, n_exp, H, W]
     return cols.reshape(b, k, -1).transpose(1, 2)
 

@@ -16,13 +16,15 @@ from .grid import PixelGrid
 @dataclass(frozen=True)
 class ModelGeometry:
     """upsample: rays (and PSF samples) per detector pixel per axis; psf_size: PSF side in sub-pixels;
-    source, lens_light: the pixelated images' grids; n_terms: power-law series length (None: by dtype)."""
+    source, lens_light: the pixelated images' grids; n_terms: power-law series length (None: by dtype);
+    margin: detector pixels traced beyond the cutouts' edges (light the PSF spreads into them; see `forward.py`)."""
 
     upsample: int
     psf_size: int
     source: PixelGrid
     lens_light: PixelGrid
     n_terms: int | None = None
+    margin: int = 0
 
     @classmethod
     def from_config(cls, cfg: Mapping, detector_pixel_scale: float, footprint: float | None = None) -> ModelGeometry:
@@ -40,6 +42,11 @@ class ModelGeometry:
         psf_size = int(cfg["psf_size"])
         if psf_size < 1:
             raise ValueError(f"lensing.psf_size must be positive, got {psf_size}")
+        margin = cfg.get("margin", 0)
+        if margin == "auto":
+            margin = -(-(psf_size // 2) // up)  # the PSF's half-width in detector pixels, rounded up
+        if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+            raise ValueError(f"lensing.margin must be a non-negative integer or auto, got {margin!r}")
         src, light = cfg["source"], cfg["lens_light"]
         light_scale = light.get("pixel_scale")
         if light_scale is None:
@@ -52,6 +59,7 @@ class ModelGeometry:
             source=_pixel_grid(src, src["pixel_scale"]),
             lens_light=_pixel_grid(light, light_scale),
             n_terms=cfg.get("n_terms"),
+            margin=margin,
         )
 
 

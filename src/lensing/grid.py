@@ -52,6 +52,36 @@ class ExposureGrid:
     def fine_shape(self) -> tuple[int, int]:
         return tuple(self.x.shape[-2:])
 
+    def padded(self, margin: int) -> ExposureGrid:
+        """The same exposures with `margin` more detector pixels on every side, [n_exp, (H + 2 m) s, (W + 2 m) s].
+
+        The sub-pixel grid is regular in the detector frame, so it is continued by the step of its outermost
+        sub-pixels, row by row and then column by column: exact for an affine pixel -> sky map, and over the tens of
+        pixels of a PSF's half-width the WCS's distortion changes that step by far less than a milliarcsecond.
+        """
+        if margin < 0 or int(margin) != margin:
+            raise ValueError(f"a grid margin must be a non-negative integer, got {margin}")
+        if margin == 0:
+            return self
+        m = int(margin) * self.upsample
+        if min(self.fine_shape) < 2:
+            raise ValueError("a grid needs at least 2 x 2 sub-pixels to be padded")
+        out = []
+        for c in (self.x, self.y):
+            for dim in (-1, -2):
+                n = c.shape[dim]
+                k = torch.arange(1, m + 1, dtype=c.dtype, device=c.device)
+                shape = [1] * c.ndim
+                shape[dim] = m
+                k = k.reshape(shape)
+                first, second = c.narrow(dim, 0, 1), c.narrow(dim, 1, 1)
+                last, before = c.narrow(dim, n - 1, 1), c.narrow(dim, n - 2, 1)
+                low = first - (second - first) * k.flip(dim)
+                high = last + (last - before) * k
+                c = torch.cat((low, c, high), dim=dim)
+            out.append(c.contiguous())
+        return ExposureGrid(out[0], out[1], self.upsample, self.pixel_scale)
+
     def to(self, device=None, dtype=None) -> ExposureGrid:
         return ExposureGrid(self.x.to(device, dtype), self.y.to(device, dtype), self.upsample,
                             self.pixel_scale.to(device, dtype))

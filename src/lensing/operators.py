@@ -80,18 +80,34 @@ class ImagingOperator:
         upsample: s.
         detector: "integrate" (optical PSF, pixels average their sub-pixels) or "sample" (effective PSF, pixels
             take the value at their centre); see `binning.py`.
+        crop: sub-pixels (a multiple of s) on every side of the ray grid that lie outside the detector pixels: rays
+            there are traced and convolved, so light the PSF spreads in from beyond the cutout is counted, and then
+            cut off (`ForwardModel`'s margin).
     """
 
     def __init__(self, index: Tensor, weight: Tensor, n: int, psf: Tensor, upsample: int,
-                 detector: str = "integrate"):
+                 detector: str = "integrate", crop: int = 0):
         self.index, self.weight, self.n, self.psf, self.upsample = index, weight, n, psf, upsample
         self.detector = check_detector(detector)
         self.fine_shape = tuple(index.shape[-3:-1])
+        if crop < 0 or crop % upsample or 2 * crop >= min(self.fine_shape):
+            raise ValueError(f"crop must be a non-negative multiple of upsample ({upsample}) smaller than half the "
+                             f"ray grid {self.fine_shape}, got {crop}")
+        self.crop = crop
         self.conv = PSFConvolution(psf, self.fine_shape)
 
     @property
     def detector_shape(self) -> tuple[int, int]:
-        return self.fine_shape[0] // self.upsample, self.fine_shape[1] // self.upsample
+        c = 2 * self.crop
+        return (self.fine_shape[0] - c) // self.upsample, (self.fine_shape[1] - c) // self.upsample
+
+    def _cut(self, fine: Tensor) -> Tensor:
+        c = self.crop
+        return fine if c == 0 else fine[..., c:-c, c:-c]
+
+    def _uncut(self, fine: Tensor) -> Tensor:
+        c = self.crop
+        return fine if c == 0 else F.pad(fine, (c, c, c, c))
 
     def fine(self, x: Tensor) -> Tensor:
         """W x: the image sampled at the rays, [B, n_exp, H * s, W * s]."""
@@ -99,12 +115,12 @@ class ImagingOperator:
 
     def __call__(self, x: Tensor) -> Tensor:
         """A x, [B, n_exp, H, W]."""
-        return to_detector(self.conv(self.fine(x)), self.upsample, self.detector)
+        return to_detector(self._cut(self.conv(self.fine(x))), self.upsample, self.detector)
 
     def adjoint(self, y: Tensor) -> Tensor:
         """A^T y, [B, n, n]."""
-        return scatter(self.conv.adjoint(from_detector(y, self.upsample, self.detector)), self.index, self.weight,
-                       self.n)
+        return scatter(self.conv.adjoint(self._uncut(from_detector(y, self.upsample, self.detector))), self.index,
+                       self.weight, self.n)
 
     def diag_AAT(self, psf_energy: float | None = None, max_elements: int = 2**24) -> Tensor:
         """diag(A A^T) per detector pixel, [B, n_exp, H, W]; exact when psf_energy is None.
@@ -122,7 +138,7 @@ class ImagingOperator:
         pad = (k - 1 - c, c, k - 1 - c, c)
         idx = F.pad(self.index.permute(0, 1, 4, 2, 3), pad).permute(0, 1, 3, 4, 2)
         wts = F.pad(self.weight.permute(0, 1, 4, 2, 3), pad).permute(0, 1, 3, 4, 2)
-        h, w = self.detector_shape
+        h, w = self.fine_shape[0] // s, self.fine_shape[1] // s  # margin included, cut off at the end
         out = torch.empty(b, e, h, w, dtype=self.weight.dtype, device=self.weight.device)
         per_row = w * fk * fk * 4
         rows = max(1, min(h, max_elements // per_row))
@@ -139,7 +155,8 @@ class ImagingOperator:
                     out[bi, ei, r0:r1] = _sum_of_squared_runs(
                         wi.reshape(n_pix, -1), vals.reshape(n_pix, -1)
                     ).reshape(r1 - r0, w)
-        return out
+        m = self.crop // s
+        return out if m == 0 else out[..., m:-m, m:-m]
 
     def rowsum_AAT(self) -> Tensor:
         """B B^T 1 per detector pixel, [B, n_exp, H, W], B = A with |PSF| (A itself for a PSF without negative
@@ -149,7 +166,8 @@ class ImagingOperator:
         would be more confident than the exact one, and the reverse SDE can diverge."""
         op = self
         if bool((self.psf < 0).any()):
-            op = ImagingOperator(self.index, self.weight, self.n, self.psf.abs(), self.upsample, self.detector)
+            op = ImagingOperator(self.index, self.weight, self.n, self.psf.abs(), self.upsample, self.detector,
+                                 self.crop)
         b, e = self.index.shape[:2]
         h, w = self.detector_shape
         ones = torch.ones(b, e, h, w, dtype=self.weight.dtype, device=self.weight.device)

@@ -227,11 +227,14 @@ class StarOperator:
         return ((self.amp**2)[:, :, None, None] * d[None]).repeat(self.chains, 1, 1, 1)
 
     def rowsum_AAT(self) -> Tensor:
-        """A A^T 1 [chains * G, N, S, S]: an upper bound of A A^T for A >= 0, used as a diagonal (see
-        `ImagingOperator`)."""
+        """|A| |A|^T 1 [chains * G, N, S, S], used as a diagonal: an upper bound of A A^T in the order of positive
+        semi-definite matrices (see `ImagingOperator.rowsum_AAT`). The cubic-spline rows have negative lobes, so A
+        has negative entries, and A A^T 1 alone can fall below diag(A A^T)."""
         n_stars, size = self.rows.shape[:2]
+        op = copy.copy(self)
+        op.rows, op.cols, op.amp = self.rows.abs(), self.cols.abs(), self.amp.abs()
         ones = torch.ones(self.groups, n_stars, size, size, dtype=self.rows.dtype, device=self.rows.device)
-        return self(self.adjoint(ones)).repeat(self.chains, 1, 1, 1)
+        return op(op.adjoint(ones)).repeat(self.chains, 1, 1, 1)
 
 
 def star_operator(stars: StarList, group: np.ndarray, groups: int, n: int, oversampling: np.ndarray, response: str,
