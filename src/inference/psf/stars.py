@@ -227,14 +227,16 @@ class StarOperator:
         return ((self.amp**2)[:, :, None, None] * d[None]).repeat(self.chains, 1, 1, 1)
 
     def rowsum_AAT(self) -> Tensor:
-        """|A| |A|^T 1 [chains * G, N, S, S], used as a diagonal: an upper bound of A A^T in the order of positive
-        semi-definite matrices (see `ImagingOperator.rowsum_AAT`). The cubic-spline rows have negative lobes, so A
-        has negative entries, and A A^T 1 alone can fall below diag(A A^T)."""
-        n_stars, size = self.rows.shape[:2]
-        op = copy.copy(self)
-        op.rows, op.cols, op.amp = self.rows.abs(), self.cols.abs(), self.amp.abs()
-        ones = torch.ones(self.groups, n_stars, size, size, dtype=self.rows.dtype, device=self.rows.device)
-        return op(op.adjoint(ones)).repeat(self.chains, 1, 1, 1)
+        """|A A^T| 1 [chains * G, N, S, S], the row sums of A A^T's absolute values, used as a diagonal: an upper
+        bound of A A^T in the order of positive semi-definite matrices (Gershgorin: the difference is diagonally
+        dominant with a non-negative diagonal). The cubic-spline rows have negative lobes, so A A^T has negative
+        entries and its plain row sums can fall below its diagonal. A is a Kronecker product per star, so the
+        entry of stars k, l is amp_k amp_l (R_k R_l^T)_ii' (C_k C_l^T)_jj' and its absolute row sums factorise."""
+        rr = torch.einsum("kia,lja->klij", self.rows, self.rows).abs().sum(-1)  # [N, N, S]
+        cc = torch.einsum("kia,lja->klij", self.cols, self.cols).abs().sum(-1)
+        amp = self.amp.abs()
+        out = torch.einsum("gk,gl,kli,klj->gkij", amp, amp, rr, cc)
+        return out.repeat(self.chains, 1, 1, 1)
 
 
 def star_operator(stars: StarList, group: np.ndarray, groups: int, n: int, oversampling: np.ndarray, response: str,
