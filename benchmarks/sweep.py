@@ -88,7 +88,8 @@ def build(args, device, dtype) -> tuple[GibbsSampler, dict]:
                                 device=device)
     fov = args.cutout * pixel
     source, light = PixelGrid(args.size, 1.5 * fov / 2 / args.size), PixelGrid(args.size, fov / args.size)
-    model = ForwardModel(grid, source, light)
+    margin = -(-(args.psf // 2) // args.upsample)  # lensing.margin: auto, as inference traces it
+    model = ForwardModel(grid, source, light, margin=margin)
     xs, ys = source.coordinates(dtype=dtype, device=device)
     s = torch.exp(-((xs - 0.05) ** 2 + ys**2) / (2 * 0.1**2))[None]
     xl, yl = light.coordinates(dtype=dtype, device=device)

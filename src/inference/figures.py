@@ -136,9 +136,13 @@ def _message_figure(out: Path, name: str, text: str = "no mass parameter varied 
     _save(fig, out, name)
 
 
+CORNER_MIN_CONTOUR = 100  # draws; with fewer (the demo keeps 20) density contours are noise and corner warns
+
+
 def corner_figure(params: dict, out: Path, truth: dict | None = None) -> None:
     """Corner plot (`corner.corner`) of the mass parameters that vary, over all draws pooled: 0.5/1/1.5/2-sigma
-    contours, titles median +84/-16, the truths in red where known (mocks)."""
+    contours (points alone below CORNER_MIN_CONTOUR draws, where contours would be noise), titles median +84/-16,
+    the truths in red where known (mocks)."""
     import corner
 
     names = _varying(params)
@@ -153,7 +157,8 @@ def corner_figure(params: dict, out: Path, truth: dict | None = None) -> None:
     fig = plt.figure(figsize=(1.9 * len(names), 1.9 * len(names)))
     corner.corner(x, fig=fig, labels=[LABELS[k] for k in names], truths=truths, truth_color="tab:red",
                   quantiles=[0.16, 0.5, 0.84], show_titles=True, title_fmt=".4g", title_kwargs={"fontsize": 8},
-                  label_kwargs={"fontsize": 9}, plot_datapoints=len(x) < 5000, bins=25)
+                  label_kwargs={"fontsize": 9}, plot_datapoints=len(x) < 5000, bins=25,
+                  plot_contours=len(x) >= CORNER_MIN_CONTOUR, plot_density=len(x) >= CORNER_MIN_CONTOUR)
     _save(fig, out, "corner")
 
 
