@@ -138,7 +138,9 @@ class ImagingOperator:
         pad = (k - 1 - c, c, k - 1 - c, c)
         idx = F.pad(self.index.permute(0, 1, 4, 2, 3), pad).permute(0, 1, 3, 4, 2)
         wts = F.pad(self.weight.permute(0, 1, 4, 2, 3), pad).permute(0, 1, 3, 4, 2)
-        h, w = self.fine_shape[0] // s, self.fine_shape[1] // s  # margin included, cut off at the end
+        h, w = self.detector_shape
+        m = self.crop  # the margin's sub-pixels: windows of the cutout's pixels only
+        cols = slice(m, m + (w - 1) * s + fk)
         out = torch.empty(b, e, h, w, dtype=self.weight.dtype, device=self.weight.device)
         per_row = w * fk * fk * 4
         rows = max(1, min(h, max_elements // per_row))
@@ -146,17 +148,16 @@ class ImagingOperator:
             for ei in range(e):
                 for r0 in range(0, h, rows):
                     r1 = min(h, r0 + rows)
-                    sl = slice(r0 * s, (r1 - 1) * s + fk)
+                    sl = slice(m + r0 * s, m + (r1 - 1) * s + fk)
                     # [rows, W, fk, fk, 4] windows of stride s
-                    wi = idx[bi, ei, sl].unfold(0, fk, s).unfold(1, fk, s).permute(0, 1, 3, 4, 2)
-                    ww = wts[bi, ei, sl].unfold(0, fk, s).unfold(1, fk, s).permute(0, 1, 3, 4, 2)
+                    wi = idx[bi, ei, sl, cols].unfold(0, fk, s).unfold(1, fk, s).permute(0, 1, 3, 4, 2)
+                    ww = wts[bi, ei, sl, cols].unfold(0, fk, s).unfold(1, fk, s).permute(0, 1, 3, 4, 2)
                     vals = ww * q[bi, ei][:, :, None]
                     n_pix = (r1 - r0) * w
                     out[bi, ei, r0:r1] = _sum_of_squared_runs(
                         wi.reshape(n_pix, -1), vals.reshape(n_pix, -1)
                     ).reshape(r1 - r0, w)
-        m = self.crop // s
-        return out if m == 0 else out[..., m:-m, m:-m]
+        return out
 
     def rowsum_AAT(self) -> Tensor:
         """B B^T 1 per detector pixel, [B, n_exp, H, W], B = A with |PSF| (A itself for a PSF without negative
@@ -164,10 +165,8 @@ class ImagingOperator:
         (B >= |A| entrywise, as the bilinear weights are >= 0, so diag(B B^T 1) - A A^T is diagonally dominant). A
         sampled PSF has small negative pixels, and A A^T 1 can then fall below diag(A A^T): the convolved likelihood
         would be more confident than the exact one, and the reverse SDE can diverge."""
-        op = self
-        if bool((self.psf < 0).any()):
-            op = ImagingOperator(self.index, self.weight, self.n, self.psf.abs(), self.upsample, self.detector,
-                                 self.crop)
+        # |PSF| is the PSF itself when it has no negative pixel: no branch, and no host sync to decide one
+        op = ImagingOperator(self.index, self.weight, self.n, self.psf.abs(), self.upsample, self.detector, self.crop)
         b, e = self.index.shape[:2]
         h, w = self.detector_shape
         ones = torch.ones(b, e, h, w, dtype=self.weight.dtype, device=self.weight.device)
