@@ -12,6 +12,12 @@ steps with a corrector step each, 10 MALA steps, a PSF draw every sweep):
     python benchmarks/sweep.py --device cuda
 A quick check on a CPU:
     python benchmarks/sweep.py --size 32 --cutout 32 --upsample 1 --psf 15 --chains 4 --steps 10 --net tiny
+
+It reports the time of each block (S, M, L, P), the score-network images evaluated per second in the sweep against
+the network alone, and the device-hours a whole lens would take at `--project`'s stages (an experiment of
+conf/experiment/, by default `paper`): each stage's sweeps x chains x network calls per sweep, at the measured
+time per network call of the sweep. `--devices N` adds a scaling run: the same chains spread over N processes
+(one GPU each, or gloo processes sharing the CPU's threads), against one process in the same run.
 """
 
 from __future__ import annotations
@@ -70,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--repeats", type=int, default=2, help="timed sweeps (after one untimed warm-up sweep)")
+    p.add_argument("--predictor", default="euler_maruyama", help="the image draws' reverse-SDE solver")
+    p.add_argument("--project", default="paper", help="experiment of conf/experiment/ whose whole run is projected")
+    p.add_argument("--devices", type=int, default=1, help="also time the sweep over this many processes")
     return p.parse_args(argv)
 
 
@@ -141,70 +150,233 @@ def psf_step(args, kernels, device, dtype) -> PSFModel:
                     np.full(m, over), "effective", kmap, settings, dtype=dtype, device=device)
 
 
+class BlockTimer:
+    """Wall-clock time of each block of a sweep (source, mass, lens light, PSF) and the score-network images
+    evaluated, by wrapping the sampler's block methods and the priors' score functions."""
+
+    def __init__(self, sampler: GibbsSampler, device: torch.device):
+        self.seconds: dict[str, float] = {}
+        self.images = 0
+        self.device = device
+        self._wrap_blocks(sampler)
+        priors = [p for p in sampler.p.priors.values() if p is not None]
+        if sampler.p.psf_model is not None:
+            priors.append(sampler.p.psf_model.prior)
+        for prior in priors:
+            self._count(prior)
+
+    def reset(self) -> None:
+        self.seconds, self.images = {}, 0
+
+    def _timed(self, name_of, fn):
+        def timed(*args, **kwargs):
+            synchronize(self.device)
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            synchronize(self.device)
+            name = name_of(args)
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+            return out
+        return timed
+
+    def _wrap_blocks(self, sampler: GibbsSampler) -> None:
+        sampler.image_block = self._timed(lambda a: "S" if a[0] == "source" else "L", sampler.image_block)
+        sampler.mass_block = self._timed(lambda a: "M", sampler.mass_block)
+        sampler.psf_block = self._timed(lambda a: "P", sampler.psf_block)
+
+    def _count(self, prior) -> None:
+        score = prior.score
+
+        def counted(x, t):
+            self.images += x.shape[0]
+            return score(x, t)
+        prior.score = counted
+
+
+def network_call_times(sampler: GibbsSampler, args, device, dtype) -> dict[str, float]:
+    """Seconds of one score-network call for all chains, per prior (the PSF prior sees every chain's P of every
+    exposure at once)."""
+    x = torch.randn(args.chains, 1, args.size, args.size, device=device, dtype=dtype)
+    t = torch.full((args.chains,), 0.5, device=device, dtype=dtype)
+    nets = {kind: (prior, x, t) for kind, prior in sampler.p.priors.items()}
+    pm = sampler.p.psf_model
+    if pm is not None:
+        xp = torch.randn(args.chains * pm.groups, 1, pm.n, pm.n, device=device, dtype=dtype)
+        nets["psf"] = (pm.prior, xp, torch.full((xp.shape[0],), 0.5, device=device, dtype=dtype))
+    call = {}
+    with torch.no_grad():
+        for kind, (prior, xi, ti) in nets.items():
+            prior.score(xi, ti)
+            synchronize(device)
+            t0 = time.perf_counter()
+            for _ in range(3):
+                prior.score(xi, ti)
+            synchronize(device)
+            call[kind] = (time.perf_counter() - t0) / 3
+    return call
+
+
+def bench_stage(args) -> tuple[SDESettings, Stage]:
+    sde = SDESettings(steps=args.steps, corrector_steps=args.corrector, covariance="rowsum", t_start=args.t_start,
+                      sigma_end=0.1, predictor=args.predictor)
+    return sde, Stage(name="bench", sweeps=args.repeats + 1, temperature=(1.0, 1.0), sde=sde,
+                      mala_steps=args.mala_steps, burn_in=args.repeats + 1)
+
+
+def ready_state(sampler: GibbsSampler, init: dict, chains: int):
+    """Chains with images to re-noise from, as in a running chain."""
+    state = sampler.initial_state(init, chains, seed=0)
+    with torch.no_grad():
+        kernels, gen = sampler.kernels(state.psf), state.generator()
+        quick = SDESettings(steps=2, corrector_steps=1, covariance="diag")
+        state.source = sampler.image_block("source", state, kernels, quick, 1.0, 1.0, gen)
+        state.lens_light = sampler.image_block("lens_light", state, kernels, quick, 1.0, 1.0, gen)
+    return state
+
+
+def timed_sweeps(sampler: GibbsSampler, state, stage: Stage, repeats: int, device) -> list[float]:
+    sampler.sweep(state, stage, 0)  # warm-up
+    synchronize(device)
+    times = []
+    for k in range(repeats):
+        t0 = time.perf_counter()
+        sampler.sweep(state, stage, k + 1)
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def calls_per_sweep(sde: dict, corrector_default: int) -> int:
+    """Score-network calls of one image draw with reverse-SDE settings `sde`."""
+    steps, corrector = int(sde["steps"]), int(sde.get("corrector_steps", corrector_default))
+    return steps * (1 + corrector) + 1  # + the final denoising call
+
+
+def project(name: str, image_seconds_per_call_chain: float, psf_seconds_per_call_chain: float | None) -> dict:
+    """The network time of a whole run of experiment `name` (its stages: sweeps x chains x the S and L draws'
+    calls, and the PSF draws'), at the measured seconds per network call per chain; returns its parts."""
+    sampler = OmegaConf.load(ROOT / "conf" / "sampler" / "default.yaml")
+    exp = OmegaConf.load(ROOT / "conf" / "experiment" / f"{name}.yaml")
+    cfg = OmegaConf.to_container(OmegaConf.merge(sampler, exp.get("sampler", {})), resolve=True)
+    chains, total, sweeps, branched = int(cfg["chains"]), 0.0, 0, None
+    base = cfg["sde"]
+    for stage in cfg["stages"].values():
+        if stage is None:
+            continue
+        if stage.get("branch") and branched is not None:
+            chains = chains * branched
+        sde = {**base, **(stage.get("sde") or {})}
+        n = int(stage["sweeps"])
+        total += n * chains * 2 * calls_per_sweep(sde, base["corrector_steps"]) * image_seconds_per_call_chain
+        if psf_seconds_per_call_chain is not None and cfg["psf"]["every"]:
+            psf = {**base, **cfg["psf"]["sde"]}
+            total += (n / cfg["psf"]["every"]) * chains * calls_per_sweep(psf, 0) * psf_seconds_per_call_chain
+        sweeps += n
+        branched = int(stage.get("record", 0)) or branched
+    return {"seconds": total, "sweeps": sweeps, "final_chains": chains}
+
+
+def _scaling_worker(rank: int, world: int, port: int, args, out: str) -> None:
+    """One rank of the scaling run: its block of the chains, timed; rank 0 writes the slowest rank's times."""
+    import os
+
+    import torch.distributed as dist
+
+    from scorelens.inference.distributed import Ranks, chain_blocks
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    device = torch.device(args.device if args.device == "cpu" else f"cuda:{rank}")
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, args.threads // world))
+    else:
+        torch.cuda.set_device(device)
+    dist.init_process_group("gloo" if device.type == "cpu" else "nccl", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    sampler, init = build(args, device, getattr(torch, args.dtype))
+    sampler.ranks = Ranks(rank, world)
+    start, stop = chain_blocks(args.chains, world)[rank]
+    state = ready_state(sampler, init, stop - start)
+    times = torch.tensor(timed_sweeps(sampler, state, bench_stage(args)[1], args.repeats, device))
+    slowest = [None] * world
+    dist.all_gather_object(slowest, times.tolist())
+    if rank == 0:
+        Path(out).write_text(repr(np.max(np.array(slowest), axis=0).tolist()))
+    dist.destroy_process_group()
+
+
+def scaling(args, one_process: float) -> None:
+    """The sweep over `args.devices` processes against one process, same chains."""
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args.threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "times.txt"
+        mp.spawn(_scaling_worker, args=(args.devices, port, args, str(out)), nprocs=args.devices, join=True)
+        times = eval(out.read_text())  # noqa: S307 - our own list of floats
+    many = min(times)
+    log.info("scaling: %d chains over %d processes: %.3f s per sweep against %.3f s in one process: speed-up "
+             "%.2fx, efficiency %.2f", args.chains, args.devices, many, one_process, one_process / many,
+             one_process / (args.devices * many))
+
+
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
     sampler, init = build(args, device, dtype)
-    sde = SDESettings(steps=args.steps, corrector_steps=args.corrector, covariance="rowsum", t_start=args.t_start,
-                      sigma_end=0.1)
-    stage = Stage(name="bench", sweeps=args.repeats + 1, temperature=(1.0, 1.0), sde=sde,
-                  mala_steps=args.mala_steps, burn_in=args.repeats + 1)
-    state = sampler.initial_state(init, args.chains, seed=0)
-    with torch.no_grad():  # images to re-noise from, as in a running chain
-        kernels, gen = sampler.kernels(state.psf), state.generator()
-        quick = SDESettings(steps=2, corrector_steps=1, covariance="diag")
-        state.source = sampler.image_block("source", state, kernels, quick, 1.0, 1.0, gen)
-        state.lens_light = sampler.image_block("lens_light", state, kernels, quick, 1.0, 1.0, gen)
+    sde, stage = bench_stage(args)
+    state = ready_state(sampler, init, args.chains)
+    call = network_call_times(sampler, args, device, dtype)
 
-    # baseline: one network call for all chains, per prior
-    x = torch.randn(args.chains, 1, args.size, args.size, device=device, dtype=dtype)
-    t = torch.full((args.chains,), 0.5, device=device, dtype=dtype)
-    call = {}
-    with torch.no_grad():
-        for kind, prior in sampler.p.priors.items():
-            prior.score(x, t)
-            synchronize(device)
-            t0 = time.perf_counter()
-            for _ in range(3):
-                prior.score(x, t)
-            synchronize(device)
-            call[kind] = (time.perf_counter() - t0) / 3
-        pm = sampler.p.psf_model
-        if pm is not None:  # the PSF prior sees every chain's P of every exposure at once
-            xp = torch.randn(args.chains * pm.groups, 1, pm.n, pm.n, device=device, dtype=dtype)
-            tp = torch.full((xp.shape[0],), 0.5, device=device, dtype=dtype)
-            pm.prior.score(xp, tp)
-            synchronize(device)
-            t0 = time.perf_counter()
-            for _ in range(3):
-                pm.prior.score(xp, tp)
-            synchronize(device)
-            call["psf"] = (time.perf_counter() - t0) / 3
-
+    timer = BlockTimer(sampler, device)
     sampler.sweep(state, stage, 0)  # warm-up
     synchronize(device)
-    times = []
+    times, blocks, images = [], [], []
     for k in range(args.repeats):
+        timer.reset()
         t0 = time.perf_counter()
         sampler.sweep(state, stage, k + 1)
         synchronize(device)
         times.append(time.perf_counter() - t0)
-    sweep = min(times)
-    calls = (args.steps * (1 + args.corrector) + 1) * sum(call.values())  # + the final denoising call
+        blocks.append(dict(timer.seconds))
+        images.append(timer.images)
+    best = int(np.argmin(times))
+    sweep, block, evaluated = times[best], blocks[best], images[best]
+    image_calls = calls_per_sweep({"steps": args.steps, "corrector_steps": args.corrector}, args.corrector)
+    calls = image_calls * (call["source"] + call["lens_light"]) + image_calls * call.get("psf", 0.0)
     name = device_name(device)
     log.info("device %s (%s), %s; priors %dx%d (%s), %d exposures of %dx%d (upsample %d), PSF %d, %d chains",
              device, name, args.dtype, args.size, args.size, args.net, args.exposures, args.cutout, args.cutout,
              args.upsample, args.psf, args.chains)
-    log.info("stage: %d SDE steps + %d corrector per step, %d MALA steps, t_start %.2f", args.steps,
-             args.corrector, args.mala_steps, args.t_start)
+    log.info("stage: %d SDE steps (%s) + %d corrector per step, %d MALA steps, t_start %.2f", args.steps,
+             args.predictor, args.corrector, args.mala_steps, args.t_start)
     log.info("one score-network call, %d chains: source %.1f ms, lens light %.1f ms%s", args.chains,
              1e3 * call["source"], 1e3 * call["lens_light"],
              f", PSF ({args.psf_prior}x{args.psf_prior}, {args.exposures} per chain) {1e3 * call['psf']:.1f} ms"
              if "psf" in call else " (no PSF step)")
     log.info("one Gibbs sweep: %.3f s (best of %d); network calls alone would take %.3f s: ratio %.2f",
              sweep, args.repeats, calls, sweep / calls)
+    log.info("by block: %s", ", ".join(f"{k} {v:.3f} s ({100 * v / sweep:.0f}%)" for k, v in sorted(block.items())))
+    alone = args.chains / call["source"]
+    log.info("score-network images per second: %.1f in the sweep (%d images), %.1f for the network alone "
+             "(source prior, batch %d): %.2f of it", evaluated / sweep, evaluated, alone, args.chains,
+             evaluated / sweep / alone)
+    per_chain_call = sweep / (2 * image_calls + (image_calls if "psf" in call else 0)) / args.chains
+    psf_share = per_chain_call if "psf" in call else None
+    proj = project(args.project, per_chain_call, psf_share)
+    hours = proj["seconds"] / 3600
+    log.info("projected whole lens, experiment=%s (%d sweeps, %d chains at the end): %.2f device-hours on this "
+             "device at this sweep's cost per network call; the paper's 160 A100-hours / that = %.0fx", args.project,
+             proj["sweeps"], proj["final_chains"], hours, 160 / hours if hours > 0 else float("inf"))
+    if args.devices > 1:
+        scaling(args, sweep)
 
 
 if __name__ == "__main__":

@@ -85,6 +85,7 @@ EXPERIMENTS = {
     "demo": ("infer", ["lens=mock"]),
     "infer_smoke": ("infer", ["lens=mock"]),
     "calibration": ("infer", ["lens=mock"]),
+    "paper": ("infer", ["lens=J1430"]),
 }
 
 

@@ -242,6 +242,6 @@ def test_tweedie_denoise_gives_the_posterior_mean_of_a_gaussian():
 
 
 def test_predictor_names():
-    assert PREDICTORS == ("euler_maruyama", "heun", "reverse_diffusion")
+    assert PREDICTORS == ("euler_maruyama", "heun", "reverse_diffusion", "dpmpp_2m_sde")
     with pytest.raises(ValueError, match="predictor must be one of"):
         predictor_step("rk4")

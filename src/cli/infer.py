@@ -26,10 +26,14 @@ def _app(cfg: DictConfig) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # figures are files: no window, also on login nodes without a display
+    from ..inference.distributed import Ranks, stop_processes
     from ..inference.run import infer
 
+    if not Ranks.from_env().main:  # under torchrun, rank 0 logs the run; the others only their warnings
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         infer(cfg, HydraConfig.get().runtime.output_dir, cfg.paths.root_dir)
+        stop_processes()
     except InputError as err:
         logging.getLogger("infer").error("%s", err)
         sys.exit(2)

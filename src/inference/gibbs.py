@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..lensing.forward import ForwardModel
+from .distributed import Ranks, gather_record, gather_state, merge_metrics, shard_state
 from .gaussian_draw import gaussian_draw
 from .likelihood import GaussianLikelihood
 from .mala import MALA, MALATuning
@@ -78,12 +79,15 @@ class GibbsSampler:
     """Runs sweeps and stages of `problem` on a `SamplerState` (see `initial_state`).
 
     mala_step: the chains' initial MALA step size (units of the preconditioner's scales); target_accept: the
-    acceptance rate burn-in adapts the step sizes toward.
+    acceptance rate burn-in adapts the step sizes toward. ranks: this process's place when the chains are spread
+    over several processes (`distributed.py`): sweeps then run on the state's block of chains (`shard_state`),
+    metrics and records cover all chains, and `run` branches and reseeds on all chains.
     """
 
     def __init__(self, problem: Problem, mala_step: float = 0.5, target_accept: float = 0.574,
-                 split: SplitSettings | None = None):
+                 split: SplitSettings | None = None, ranks: Ranks | None = None):
         self.p = problem
+        self.ranks = ranks or Ranks()
         self.mala_step = mala_step
         self.target_accept = target_accept
         self.split = split or SplitSettings()
@@ -242,8 +246,9 @@ class GibbsSampler:
             state.lens_light = self.image_block("lens_light", state, kernels, stage.sde, temperature, t_start, gen)
         metrics = self.metrics(state, kernels, before, stage, k, temperature)
         metrics.update(metrics_extra)
+        metrics = merge_metrics(metrics, state.chains, self.ranks)
         if stage.records(k):
-            state.records.append(state.record(self.p.space.to_physical(state.u)))
+            state.records.append(gather_record(state.record(self.p.space.to_physical(state.u)), self.ranks))
         state.history.append(metrics)
         if next_sweep and self.p.psf_model is not None and self.p.psf_model.due(state.done):
             state.psf = self.psf_block(state, gen)
@@ -320,19 +325,21 @@ class GibbsSampler:
 
     def run(self, state: SamplerState, stages: list[Stage], save: Callable[[SamplerState], None] | None = None,
             on_sweep: Callable[[Stage, int, dict], None] | None = None) -> SamplerState:
-        """Continue from `state` (its stage and sweep counters) to the end of the last stage, calling
-        `save(state)` after every sweep. A branching stage (`Stage.branch`) first turns the records into chains
-        (`branch`), and a stage with `reseed` restarts the chains of clearly worse-fitting modes from the better ones
-        (`reseed`; after branching); a run killed before such a stage's first sweep is saved does both again from the
-        same state, identically."""
+        """Continue from `state` (its stage and sweep counters; with several processes, this rank's block:
+        `distributed.shard_state`) to the end of the last stage, calling `save(state)` after every sweep. A
+        branching stage (`Stage.branch`) first turns the records into chains (`branch`), and a stage with `reseed`
+        restarts the chains of clearly worse-fitting modes from the better ones (`reseed`; after branching), both on
+        all chains; a run killed before such a stage's first sweep is saved does both again from the same state,
+        identically."""
         while state.stage < len(stages):
             stage = stages[state.stage]
             if stage.branch and state.sweep == 0:
-                state = self.branch(state)
+                state = shard_state(self.branch(gather_state(state, self.ranks)), self.ranks)
             if stage.reseed is not None and state.sweep == 0 and state.stage > 0:  # the first has none to compare
                 before = stages[state.stage - 1]
-                state = self.reseed(state, before.temperature_at(before.sweeps - 1), stage.reseed,
-                                    chi2_scatter(state.history, before.name))
+                state = shard_state(self.reseed(gather_state(state, self.ranks),
+                                                before.temperature_at(before.sweeps - 1), stage.reseed,
+                                                chi2_scatter(state.history, before.name)), self.ranks)
             while state.sweep < stage.sweeps:
                 k = state.sweep
                 last = state.stage == len(stages) - 1 and k == stage.sweeps - 1

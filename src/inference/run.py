@@ -22,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from ..atomic import atomic_write_text
 from ..errors import InputError, PoorFitError
 from .config import check_init_from, is_mock, validate_infer_config
+from .distributed import Ranks, broadcast, chain_blocks, gather_state, main_only, on_main, shard_state, start_processes
 from .figures import make_figures
 from .gibbs import GibbsSampler
 from .image_products import write_image_products
@@ -49,29 +50,29 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _device(cfg) -> torch.device:
-    want = cfg.sampler.get("device", "auto")
-    if want == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(want)
-
-
 def infer(cfg: DictConfig, out_dir: str | Path, root: str | Path) -> dict:
     """Run the whole inference into `out_dir` (or, with resume=false where it holds a run, a new folder beside it);
-    returns a summary dict."""
+    returns a summary dict (on rank 0; {} on the other ranks of a run over several processes, `distributed.py`)."""
     validate_infer_config(cfg)  # unknown keys and wrong types fail here, in one line, before any work
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    ranks, device = start_processes(str(cfg.sampler.get("device", "auto")))
     stages = stages_from_config(OmegaConf.to_container(cfg.sampler, resolve=True))  # before the data are loaded
+    out = Path(on_main(lambda: str(_run_folder(cfg, Path(out_dir))), ranks))
+    with main_only(run_lock(out), ranks), collected_warnings():
+        summary = _infer_locked(cfg, out, root, stages, ranks, torch.device(device))
+        if ranks.main:
+            check_fit(summary["reduced_chi2"], cfg.get("chi2_max"), out)
+        return summary
+
+
+def _run_folder(cfg: DictConfig, out: Path) -> Path:
+    """The folder this run writes to: `out`, or with resume=false where it holds a run, a new one beside it."""
+    out.mkdir(parents=True, exist_ok=True)
     if str(cfg.get("resume", "auto")).lower() in ("false", "no", "never") and holds_run(out):
         new = fresh_folder(out)
         log.info("%s holds a run and resume=false: this run writes to %s", out, new)
         _log_to(new)
-        out = new
-    with run_lock(out), collected_warnings():
-        summary = _infer_locked(cfg, out, root, stages)
-        check_fit(summary["reduced_chi2"], cfg.get("chi2_max"), out)
-        return summary
+        return new
+    return out
 
 
 def check_fit(chi2: list[float], chi2_max: float | None, out: Path) -> None:
@@ -91,34 +92,50 @@ def _log_to(out: Path) -> None:
     logging.getLogger().addHandler(handler)
 
 
-def _infer_locked(cfg: DictConfig, out: Path, root: str | Path, stages) -> dict:
+def _infer_locked(cfg: DictConfig, out: Path, root: str | Path, stages, ranks: Ranks, device: torch.device) -> dict:
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    device = _device(cfg)
     dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.sampler.dtype]
     container = OmegaConf.to_container(cfg, resolve=True)
-    fetch_prior_artifacts(container, root)
+    on_main(lambda: fetch_prior_artifacts(container, root), ranks)  # one download; the others read its files
+    container = broadcast(container, ranks)
     problem, data, geometry = build_problem(container, root, device=device, dtype=dtype)
     sampler = GibbsSampler(problem, mala_step=cfg.sampler.mala.step_size, target_accept=cfg.sampler.mala.target_accept,
-                           split=SplitSettings.from_config(OmegaConf.to_container(cfg.sampler.split)))
+                           split=SplitSettings.from_config(OmegaConf.to_container(cfg.sampler.split)), ranks=ranks)
 
     state_path = out / "state.pt"
     ident = identity(container, root)
-    if state_path.exists():
-        check_resume(out, ident)
-        state = SamplerState.load(state_path, device)
-        if read_record(out) is None and state.config_hash != config_hash(cfg):  # a folder without run.json
-            raise InputError(f"{state_path} was written with other sampling settings; use a new run folder (another "
-                             "lens of the same lens.name? give it its own lens.name)")
-        log.info("resuming %s at stage %d, sweep %d", state_path, state.stage, state.sweep)
-    else:
+
+    def first_state() -> dict:
+        """All chains' state to start from (rank 0: the saved one, or a new one), as plain CPU tensors."""
+        if state_path.exists():
+            check_resume(out, ident)
+            state = SamplerState.load(state_path, "cpu")
+            if read_record(out) is None and state.config_hash != config_hash(cfg):  # a folder without run.json
+                raise InputError(f"{state_path} was written with other sampling settings; use a new run folder "
+                                 "(another lens of the same lens.name? give it its own lens.name)")
+            log.info("resuming %s at stage %d, sweep %d", state_path, state.stage, state.sweep)
+            return state.state_dict()
         state = initial_state(sampler, problem, geometry, container)
         state.config_hash = config_hash(cfg)
         write_record(out, ident, container)
+        return _to_cpu(state.state_dict())
+
+    state = SamplerState.from_state_dict(_to_device(on_main(first_state, ranks), device))
+    if ranks.active:
+        log.info("%d processes: rank %d samples chains %s of %d", ranks.world, ranks.rank,
+                 chain_blocks(state.chains, ranks.world)[ranks.rank], state.chains)
+    state = shard_state(state, ranks)
+
+    def save(s: SamplerState) -> None:
+        whole = gather_state(s, ranks)  # every rank takes part; rank 0 writes
+        if ranks.main:
+            whole.save(state_path)
 
     total = sum(s.sweeps for s in stages)
     done = sum(s.sweeps for s in stages[: state.stage]) + state.sweep
-    tracker = SweepTracker(container.get("wandb"), out, container, name=f"{data.name}/{out.name}")
-    interactive = sys.stderr.isatty()
+    tracker = SweepTracker(container.get("wandb") if ranks.main else None, out, container,
+                           name=f"{data.name}/{out.name}")
+    interactive = sys.stderr.isatty() and ranks.main
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                   transient=False, disable=not interactive) as bar:
@@ -138,11 +155,34 @@ def _infer_locked(cfg: DictConfig, out: Path, root: str | Path, stages) -> dict:
                                                      stage.sweeps, count, total, info)
             tracker.sweep(count, m)
 
-        state = sampler.run(state, stages, save=lambda s: s.save(state_path), on_sweep=on_sweep)
+        state = sampler.run(state, stages, save=save, on_sweep=on_sweep)
 
+    if not ranks.main:  # the records are whole on every rank; rank 0 writes the outputs
+        return {}
     summary = write_outputs(sampler, state, data, geometry, out, container)
     tracker.finish(summary, sorted(out.glob("*.png")))
     return summary
+
+
+def _to_cpu(tree):
+    if isinstance(tree, torch.Tensor):
+        return tree.cpu()
+    if isinstance(tree, dict):
+        return {k: _to_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_to_cpu(v) for v in tree]
+    return tree
+
+
+def _to_device(tree, device: torch.device):
+    """A state dict's tensors on `device`, but the generator states, which stay on the CPU."""
+    if isinstance(tree, torch.Tensor):
+        return tree if tree.dtype == torch.uint8 else tree.to(device)
+    if isinstance(tree, dict):
+        return {k: _to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_to_device(v, device) for v in tree]
+    return tree
 
 
 def fetch_prior_artifacts(cfg: dict, root: str | Path) -> None:

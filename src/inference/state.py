@@ -63,7 +63,8 @@ class SamplerState:
     P for the next sweep (None: the PSFs are fixed); mala: step sizes and counters (`mala.MALATuning`); rng: the
     generator's state (a CPU uint8 tensor); stage, sweep: the next sweep to run (stage index, sweep within it);
     records: the recorded sweeps; history: every sweep's metrics (`GibbsSampler.sweep`); config_hash: the hash of
-    the settings that wrote it (a resumed run must have the same).
+    the settings that wrote it (a resumed run must have the same); rngs: with several processes
+    (`distributed.py`), each rank's generator state (rank 0's is `rng`), else None.
     """
 
     u: Tensor
@@ -77,6 +78,7 @@ class SamplerState:
     records: list[Record] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
     config_hash: str | None = None
+    rngs: list[Tensor] | None = None
 
     @property
     def chains(self) -> int:
@@ -105,6 +107,8 @@ class SamplerState:
              "config_hash": self.config_hash}
         if self.psf is not None:
             d["psf"] = self.psf
+        if self.rngs is not None:
+            d["rngs"] = list(self.rngs)
         return d
 
     @classmethod
@@ -113,7 +117,8 @@ class SamplerState:
             raise ValueError(f"version {d.get('version')}, this one reads {STATE_VERSION}")
         return cls(d["u"], d["source"], d["lens_light"], MALATuning.from_state_dict(d["mala"]), d["rng"].cpu(),
                    d.get("psf"), int(d["stage"]), int(d["sweep"]), [Record.from_state_dict(r) for r in d["records"]],
-                   list(d["history"]), d.get("config_hash"))
+                   list(d["history"]), d.get("config_hash"),
+                   None if d.get("rngs") is None else [r.cpu() for r in d["rngs"]])
 
     def save(self, path: str | Path) -> Path:
         """Write the state to `path` atomically: after a kill at any instant the file holds a whole state."""

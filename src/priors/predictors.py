@@ -8,7 +8,14 @@
   score calls a step and no noise: given its start the chain is deterministic, so the randomness comes from the
   start (pure noise, or the re-noised state of a partial chain) and from the Langevin corrector, if any;
 - `reverse_diffusion` (ancestral): x + (sigma^2 - sigma'^2) score + sqrt(sigma^2 - sigma'^2) z, whose
-  coefficient (sigma^2 - sigma'^2) / sigma^2 stays below 1 for any step count (Song et al. 2021, App. E).
+  coefficient (sigma^2 - sigma'^2) / sigma^2 stays below 1 for any step count (Song et al. 2021, App. E);
+- `dpmpp_2m_sde`: a second-order multistep SDE solver written with the denoiser D(x, sigma) = x + sigma^2 score
+  (the form of DPM-Solver++(2M), Lu et al. 2022, for the VE SDE with eta = 1). With D held fixed over a step, the
+  reverse SDE is solved exactly: x' = r^2 x + (1 - r^2) D + sigma' sqrt(1 - r^2) z, r = sigma' / sigma (the
+  Gaussian bridge from x to D); the second-order term adds (1 - r^2) (D - D_prev) / (2 q), q the ratio of the
+  previous step's log-sigma length to this one's, which extrapolates D linearly in log sigma. One score call a step
+  and unconditionally stable (r^2 < 1), so it keeps its accuracy at ten to a few tens of steps, where Euler-Maruyama
+  overshoots. Its first step (no D_prev) is the first-order bridge step.
 
 The stochastic steps add no noise on the chain's last step: the chain ends at the step's mean. Every step has the
 signature `step(score_fn, sde, x [B, ...], times: StepTimes, generator) -> x'`.
@@ -59,13 +66,42 @@ def heun(score_fn: ScoreFn, sde: VESDE, x: Tensor, times: StepTimes,
     return x + (sigma_next - sigma) * 0.5 * (slope - sigma_next * score_fn(euler, times.t_next))
 
 
+class MultistepBridge:
+    """`dpmpp_2m_sde`: one chain's steps (it remembers the previous step's denoised image and log-sigma length,
+    so each chain needs its own instance: `predictor_step` makes one per call)."""
+
+    def __init__(self):
+        self.previous: tuple[Tensor, Tensor] | None = None  # (D, h) of the step before
+
+    def __call__(self, score_fn: ScoreFn, sde: VESDE, x: Tensor, times: StepTimes,
+                 generator: torch.Generator | None = None) -> Tensor:
+        sigma, sigma_next = sde.sigma(times.t), sde.sigma(times.t_next)
+        denoised = x + _expand(sigma**2, x) * score_fn(x, times.t)
+        h = torch.log(sigma / sigma_next)  # [B] > 0: this step's length in -log sigma
+        r2 = _expand(torch.exp(-2.0 * h), x)  # (sigma' / sigma)^2
+        target = denoised
+        if self.previous is not None:
+            d_prev, h_prev = self.previous
+            target = denoised + (denoised - d_prev) * _expand(h / (2.0 * h_prev), x)
+        self.previous = (denoised, h)
+        x_next = r2 * x + (1.0 - r2) * target
+        if times.last:
+            return x_next
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return x_next + _expand(sigma_next, x) * (1.0 - r2).sqrt() * noise
+
+
 STEPS: dict[str, PredictorStep] = {"euler_maruyama": euler_maruyama, "heun": heun,
                                    "reverse_diffusion": reverse_diffusion}
-PREDICTORS = tuple(STEPS)
+MULTISTEP = {"dpmpp_2m_sde": MultistepBridge}
+PREDICTORS = (*STEPS, *MULTISTEP)
 
 
 def predictor_step(name: str) -> PredictorStep:
-    """The predictor step called `name` (one of PREDICTORS)."""
+    """The predictor step called `name` (one of PREDICTORS); a fresh one for each chain where the step keeps a
+    memory (multistep solvers)."""
+    if name in MULTISTEP:
+        return MULTISTEP[name]()
     if name not in STEPS:
         raise ValueError(f"predictor must be one of {PREDICTORS}, got {name!r}")
     return STEPS[name]
