@@ -18,7 +18,8 @@ from .conftest import CONF, ROOT, compose_infer
 LENSES = sorted(p.stem for p in (CONF / "lens").glob("*.yaml"))
 # what a lens config leaves to the command line (lens=fits: the user's files; validation opens none)
 LENS_OVERRIDES = {"fits": ["lens.image=i.fits", "lens.noise_map=n.fits", "lens.psf=p.fits", "lens.pixel_scale=0.05"]}
-INFER_EXPERIMENTS = ["demo", "infer_smoke", "calibration", "paper"]  # with conf/infer.yaml; the others configure train.py
+# with conf/infer.yaml; the others configure train.py
+INFER_EXPERIMENTS = ["demo", "infer_smoke", "calibration", "paper"]
 TRAIN_EXPERIMENTS = ["demo_lens_light", "demo_psf", "demo_source", "smoke"]
 
 
