@@ -79,6 +79,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--predictor", default="euler_maruyama", help="the image draws' reverse-SDE solver")
     p.add_argument("--project", default="paper", help="experiment of conf/experiment/ whose whole run is projected")
     p.add_argument("--devices", type=int, default=1, help="also time the sweep over this many processes")
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
+                   help="the score networks' precision (sampler.network.precision)")
+    p.add_argument("--channels-last", action="store_true", help="sampler.network.channels_last")
+    p.add_argument("--compile", action="store_true", help="sampler.network.compile (torch.compile, static shapes)")
     return p.parse_args(argv)
 
 
@@ -119,6 +123,8 @@ def build(args, device, dtype) -> tuple[GibbsSampler, dict]:
               "lens_light": make_prior("lens_light", args, 200.0, device, dtype)}
     problem = Problem(model, like, space, priors, {"source": FluxMap(0.3), "lens_light": FluxMap(1.0)}, psf,
                       psf_step(args, psf, device, dtype) if args.psf_prior else None)
+    for prior in [*priors.values(), *([problem.psf_model.prior] if problem.psf_model is not None else [])]:
+        prior.accelerate(args.precision, args.channels_last, args.compile)
     return GibbsSampler(problem), dict(TRUTH, theta_E=1.15)
 
 
@@ -252,9 +258,11 @@ def calls_per_sweep(sde: dict, corrector_default: int) -> int:
     return steps * (1 + corrector) + 1  # + the final denoising call
 
 
-def project(name: str, image_seconds_per_call_chain: float, psf_seconds_per_call_chain: float | None) -> dict:
+def project(name: str, image_seconds_per_call_chain: float, psf_seconds_per_call_chain: float | None,
+            draws: dict | None = None) -> dict:
     """The network time of a whole run of experiment `name` (its stages: sweeps x chains x the S and L draws'
-    calls, and the PSF draws'), at the measured seconds per network call per chain; returns its parts."""
+    calls, and the PSF draws'), at the measured seconds per network call per chain; `draws` ({steps,
+    corrector_steps}) replaces every image draw's settings. Returns its parts."""
     sampler = OmegaConf.load(ROOT / "conf" / "sampler" / "default.yaml")
     exp = OmegaConf.load(ROOT / "conf" / "experiment" / f"{name}.yaml")
     cfg = OmegaConf.to_container(OmegaConf.merge(sampler, exp.get("sampler", {})), resolve=True)
@@ -265,11 +273,11 @@ def project(name: str, image_seconds_per_call_chain: float, psf_seconds_per_call
             continue
         if stage.get("branch") and branched is not None:
             chains = chains * branched
-        sde = {**base, **(stage.get("sde") or {})}
+        sde = {**base, **(stage.get("sde") or {}), **(draws or {})}
         n = int(stage["sweeps"])
         total += n * chains * 2 * calls_per_sweep(sde, base["corrector_steps"]) * image_seconds_per_call_chain
         if psf_seconds_per_call_chain is not None and cfg["psf"]["every"]:
-            psf = {**base, **cfg["psf"]["sde"]}
+            psf = {**base, **cfg["psf"]["sde"], **(draws or {})}
             total += (n / cfg["psf"]["every"]) * chains * calls_per_sweep(psf, 0) * psf_seconds_per_call_chain
         sweeps += n
         branched = int(stage.get("record", 0)) or branched
@@ -355,8 +363,9 @@ def main(argv=None) -> None:
     log.info("device %s (%s), %s; priors %dx%d (%s), %d exposures of %dx%d (upsample %d), PSF %d, %d chains",
              device, name, args.dtype, args.size, args.size, args.net, args.exposures, args.cutout, args.cutout,
              args.upsample, args.psf, args.chains)
-    log.info("stage: %d SDE steps (%s) + %d corrector per step, %d MALA steps, t_start %.2f", args.steps,
-             args.predictor, args.corrector, args.mala_steps, args.t_start)
+    log.info("stage: %d SDE steps (%s) + %d corrector per step, %d MALA steps, t_start %.2f; networks %s%s%s",
+             args.steps, args.predictor, args.corrector, args.mala_steps, args.t_start, args.precision,
+             " + channels_last" if args.channels_last else "", " + compile" if args.compile else "")
     log.info("one score-network call, %d chains: source %.1f ms, lens light %.1f ms%s", args.chains,
              1e3 * call["source"], 1e3 * call["lens_light"],
              f", PSF ({args.psf_prior}x{args.psf_prior}, {args.exposures} per chain) {1e3 * call['psf']:.1f} ms"
@@ -375,6 +384,13 @@ def main(argv=None) -> None:
     log.info("projected whole lens, experiment=%s (%d sweeps, %d chains at the end): %.2f device-hours on this "
              "device at this sweep's cost per network call; the paper's 160 A100-hours / that = %.0fx", args.project,
              proj["sweeps"], proj["final_chains"], hours, 160 / hours if hours > 0 else float("inf"))
+    draws = {"steps": args.steps, "corrector_steps": args.corrector}
+    hours = project(args.project, per_chain_call, psf_share, draws)["seconds"] / 3600
+    log.info("the same with every image draw as this benchmark's (%d steps of %s, %d corrector): %.2f device-hours, "
+             "%.0fx fewer than the paper's", args.steps, args.predictor, args.corrector, hours, 160 / hours)
+    if device.type == "cuda":
+        log.info("peak GPU memory: %.1f GiB (%d chains)", torch.cuda.max_memory_allocated(device) / 2**30,
+                 args.chains)
     if args.devices > 1:
         scaling(args, sweep)
 

@@ -202,6 +202,7 @@ def test_infer_py_prints_one_line_and_exits_2(tmp_path):
     (["lensing.margin=-2"], "lensing.margin=-2: write auto"),
     (["lensing.margin=psf"], "lensing.margin='psf': write auto"),
     (["sampler.dtype=float16"], "sampler.dtype='float16': write one of float32, float64"),
+    (["sampler.network.precision=float16"], "sampler.network.precision='float16': write one of float32, bfloat16"),
     (["sampler.device=gpu"], "sampler.device='gpu': write auto"),
     (["resume=maybe"], "resume='maybe': write auto"),
     # the posterior samples are the last stage's records: a run that would keep none fails before it starts

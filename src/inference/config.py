@@ -33,6 +33,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from ..errors import InputError
 from ..lensing.mass import PARAM_NAMES
+from .distributed import check_device
 from .summary_table import cosmology
 
 Number = int | float  # YAML writes 3 and 3.0 differently; both are numbers here
@@ -222,6 +223,13 @@ class MALAConfig:
 
 
 @dataclass
+class NetworkConfig:
+    precision: str = MISSING         # float32 or bfloat16 (autocast)
+    channels_last: bool = MISSING
+    compile: bool = MISSING
+
+
+@dataclass
 class SamplerConfig:
     """conf/sampler. `parameters` (scalars theta_E, gamma, x0, y0 and the Cartesian pairs ellipticity, shear,
     multipole3, multipole4) is checked by `ParameterSpace`; `sde`, `psf` and `stages` by the sampler's own readers
@@ -236,6 +244,7 @@ class SamplerConfig:
     sde: dict[str, Any] = MISSING
     psf: dict[str, Any] = MISSING
     split: dict[str, Any] = MISSING  # checked by scorelens.inference.split.SplitSettings
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     stages: dict[str, Any] = MISSING
 
 
@@ -349,6 +358,11 @@ def _check_values(node: DictConfig) -> None:
         raise InputError(f"sampler.mala.target_accept={accept!r}: write a fraction between 0 and 1 (e.g. 0.57)")
     if node.sampler.dtype not in DTYPES:
         raise InputError(f"sampler.dtype={node.sampler.dtype!r}: write one of {', '.join(DTYPES)}")
+    from ..priors.prior import PRECISIONS
+
+    if node.sampler.network.precision not in PRECISIONS:
+        raise InputError(f"sampler.network.precision={node.sampler.network.precision!r}: write one of "
+                         f"{', '.join(PRECISIONS)} (bfloat16: the score networks under autocast, the rest float32)")
     check_device(node.sampler.device, "sampler.device")
     positive("chi2_max", node.get("chi2_max"), allow_none=True)
     cosmology(node.cosmology)
@@ -356,27 +370,6 @@ def _check_values(node: DictConfig) -> None:
     if resume not in RESUME:
         raise InputError(f"resume={resume!r}: write auto (continue this folder's run if its inputs are the same) or "
                          "false (a new folder beside it)")
-
-
-def check_device(value: str, key: str) -> None:
-    """`value` names a device this machine has: auto, cpu, cuda or cuda:N (one-line InputError otherwise)."""
-    import torch
-
-    if value == "auto":
-        return
-    try:
-        device = torch.device(value)
-    except (RuntimeError, TypeError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise InputError(f"{key}={value!r}: write auto (a GPU when there is one), cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise InputError(f"{key}={value}: this machine has no CUDA GPU that PyTorch can use; write {key}=cpu "
-                             "(or auto, which takes a GPU when there is one)")
-        if device.index is not None and device.index >= count:
-            raise InputError(f"{key}={value}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
 
 
 def _missing(node: DictConfig, prefix: str = "") -> list[str]:

@@ -1,5 +1,5 @@
-"""Chains spread over several processes: one per GPU (`torchrun --nproc-per-node N infer.py ...`), or gloo
-processes on the CPU.
+"""The devices a run uses: `sampler.device` checked against the machine (`check_device`), and chains spread over
+several processes, one per GPU (`torchrun --nproc-per-node N infer.py ...`), or gloo processes on the CPU.
 
 Each process (rank) holds a contiguous block of the chains (`chain_blocks`) and runs the Gibbs sweeps on it alone;
 the chains of a sweep do not interact, so nothing is exchanged inside a sweep. The processes meet only where the
@@ -65,6 +65,25 @@ class Ranks:
     def from_env(cls) -> Ranks:
         """From torchrun's (or SLURM + torchrun's) environment: RANK and WORLD_SIZE; one process without them."""
         return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def check_device(value: str, key: str) -> None:
+    """`value` names a device this machine has: auto, cpu, cuda or cuda:N (one-line InputError otherwise)."""
+    if value == "auto":
+        return
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise InputError(f"{key}={value!r}: write auto (a GPU when there is one), cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"{key}={value}: this machine has no CUDA GPU that PyTorch can use; write {key}=cpu "
+                             "(or auto, which takes a GPU when there is one)")
+        if device.index is not None and device.index >= count:
+            raise InputError(f"{key}={value}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
 
 
 def start_processes(device: str) -> tuple[Ranks, str]:

@@ -98,7 +98,13 @@ def _infer_locked(cfg: DictConfig, out: Path, root: str | Path, stages, ranks: R
     container = OmegaConf.to_container(cfg, resolve=True)
     on_main(lambda: fetch_prior_artifacts(container, root), ranks)  # one download; the others read its files
     container = broadcast(container, ranks)
-    problem, data, geometry = build_problem(container, root, device=device, dtype=dtype)
+    built = {}
+
+    def build() -> None:
+        built["problem"] = build_problem(container, root, device=device, dtype=dtype)
+
+    on_main(build, ranks)  # rank 0 first: a mock's data are simulated once, and its errors stop every rank
+    problem, data, geometry = built.get("problem") or build_problem(container, root, device=device, dtype=dtype)
     sampler = GibbsSampler(problem, mala_step=cfg.sampler.mala.step_size, target_accept=cfg.sampler.mala.target_accept,
                            split=SplitSettings.from_config(OmegaConf.to_container(cfg.sampler.split)), ranks=ranks)
 

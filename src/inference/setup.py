@@ -131,7 +131,7 @@ def build_problem(cfg: Mapping, root: str | Path, device: str | torch.device = "
             priors[kind] = None
             continue
         prior = load_prior(resolve(pcfg["path"], root), kind=kind, image_size=grid_.n, map_location=device)
-        priors[kind] = prior.to(dtype)
+        priors[kind] = prior.to(dtype).accelerate(**cfg["sampler"]["network"])
         fcfg = cfg["flux"][kind]
         scale = fcfg["scale"]
         if scale == "auto":

@@ -42,7 +42,8 @@ def psf_model(cfg: Mapping, psfs: LensPSFs, data: ExposureSet, geometry: ModelGe
     response = pcfg["response"]
     if response not in RESPONSES:
         raise InputError(f"priors.psf.response must be one of {RESPONSES}, got {response!r}")
-    prior = load_prior(prior_path, kind="psf", map_location=device).to(dtype)
+    prior = load_prior(prior_path, kind="psf", map_location=device).to(dtype).accelerate(
+        **cfg["sampler"]["network"])
     n = int(prior.net.config["resolution"])
     scale = float(pcfg["pixel_scale"])
     check_psf_prior_scale(scale, [e.pixel_scale for e in data.exposures], n)
