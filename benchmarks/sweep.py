@@ -162,17 +162,17 @@ class BlockTimer:
 
     def __init__(self, sampler: GibbsSampler, device: torch.device):
         self.seconds: dict[str, float] = {}
-        self.images = 0
+        self.images: dict[str, int] = {}
         self.device = device
         self._wrap_blocks(sampler)
-        priors = [p for p in sampler.p.priors.values() if p is not None]
+        priors = {k: p for k, p in sampler.p.priors.items() if p is not None}
         if sampler.p.psf_model is not None:
-            priors.append(sampler.p.psf_model.prior)
-        for prior in priors:
-            self._count(prior)
+            priors["psf"] = sampler.p.psf_model.prior
+        for kind, prior in priors.items():
+            self._count(kind, prior)
 
     def reset(self) -> None:
-        self.seconds, self.images = {}, 0
+        self.seconds, self.images = {}, {}
 
     def _timed(self, name_of, fn):
         def timed(*args, **kwargs):
@@ -190,11 +190,11 @@ class BlockTimer:
         sampler.mass_block = self._timed(lambda a: "M", sampler.mass_block)
         sampler.psf_block = self._timed(lambda a: "P", sampler.psf_block)
 
-    def _count(self, prior) -> None:
+    def _count(self, kind: str, prior) -> None:
         score = prior.score
 
         def counted(x, t):
-            self.images += x.shape[0]
+            self.images[kind] = self.images.get(kind, 0) + x.shape[0]
             return score(x, t)
         prior.score = counted
 
@@ -354,7 +354,7 @@ def main(argv=None) -> None:
         synchronize(device)
         times.append(time.perf_counter() - t0)
         blocks.append(dict(timer.seconds))
-        images.append(timer.images)
+        images.append(dict(timer.images))
     best = int(np.argmin(times))
     sweep, block, evaluated = times[best], blocks[best], images[best]
     image_calls = calls_per_sweep({"steps": args.steps, "corrector_steps": args.corrector}, args.corrector)
@@ -373,17 +373,24 @@ def main(argv=None) -> None:
     log.info("one Gibbs sweep: %.3f s (best of %d); network calls alone would take %.3f s: ratio %.2f",
              sweep, args.repeats, calls, sweep / calls)
     log.info("by block: %s", ", ".join(f"{k} {v:.3f} s ({100 * v / sweep:.0f}%)" for k, v in sorted(block.items())))
-    alone = args.chains / call["source"]
-    log.info("score-network images per second: %.1f in the sweep (%d images), %.1f for the network alone "
-             "(source prior, batch %d): %.2f of it", evaluated / sweep, evaluated, alone, args.chains,
-             evaluated / sweep / alone)
+    # the networks' share: each prior's images at its own rate alone (the PSF prior's batch is chains x groups)
+    batch = {"source": args.chains, "lens_light": args.chains}
+    if "psf" in call:
+        batch["psf"] = args.chains * sampler.p.psf_model.groups
+    network_time = sum(n / batch[k] * call[k] for k, n in evaluated.items())
+    total = sum(evaluated.values())
+    log.info("score-network evaluations: %s; %.1f images/s in the sweep against %.1f for the networks alone at "
+             "the same batches (%.3f s): the sweep runs at %.2f of the networks' own rate",
+             ", ".join(f"{k} {n}" for k, n in sorted(evaluated.items())), total / sweep, total / network_time,
+             network_time, network_time / sweep)
     per_chain_call = sweep / (2 * image_calls + (image_calls if "psf" in call else 0)) / args.chains
     psf_share = per_chain_call if "psf" in call else None
     proj = project(args.project, per_chain_call, psf_share)
     hours = proj["seconds"] / 3600
     log.info("projected whole lens, experiment=%s (%d sweeps, %d chains at the end): %.2f device-hours on this "
-             "device at this sweep's cost per network call; the paper's 160 A100-hours / that = %.0fx", args.project,
-             proj["sweeps"], proj["final_chains"], hours, 160 / hours if hours > 0 else float("inf"))
+             "device at this sweep's cost per network call (this benchmark's networks and sizes: at paper scale, "
+             "run with the defaults); the paper's 160 A100-hours / that = %.0fx", args.project, proj["sweeps"],
+             proj["final_chains"], hours, 160 / hours if hours > 0 else float("inf"))
     draws = {"steps": args.steps, "corrector_steps": args.corrector}
     hours = project(args.project, per_chain_call, psf_share, draws)["seconds"] / 3600
     log.info("the same with every image draw as this benchmark's (%d steps of %s, %d corrector): %.2f device-hours, "
