@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from ..atomic import atomic_write_text
 from ..errors import InputError, PoorFitError
 from .config import check_init_from, is_mock, validate_infer_config
-from .distributed import Ranks, broadcast, chain_blocks, gather_state, main_only, on_main, shard_state, start_processes
+from .distributed import Ranks, chain_blocks, gather_state, main_only, on_main, shard_state, start_processes
 from .figures import make_figures
 from .gibbs import GibbsSampler
 from .image_products import write_image_products
@@ -96,8 +96,11 @@ def _infer_locked(cfg: DictConfig, out: Path, root: str | Path, stages, ranks: R
     torch.set_num_threads(max(1, torch.get_num_threads()))
     dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.sampler.dtype]
     container = OmegaConf.to_container(cfg, resolve=True)
-    on_main(lambda: fetch_prior_artifacts(container, root), ranks)  # one download; the others read its files
-    container = broadcast(container, ranks)
+    def fetched() -> dict:
+        fetch_prior_artifacts(container, root)
+        return container
+
+    container = on_main(fetched, ranks)  # one download (rank 0's), whose paths every rank then reads
     built = {}
 
     def build() -> None:
@@ -124,9 +127,9 @@ def _infer_locked(cfg: DictConfig, out: Path, root: str | Path, stages, ranks: R
         state = initial_state(sampler, problem, geometry, container)
         state.config_hash = config_hash(cfg)
         write_record(out, ident, container)
-        return _to_cpu(state.state_dict())
+        return _tensors_to(state.state_dict(), "cpu")
 
-    state = SamplerState.from_state_dict(_to_device(on_main(first_state, ranks), device))
+    state = SamplerState.from_state_dict(_tensors_to(on_main(first_state, ranks), device))
     if ranks.active:
         log.info("%d processes: rank %d samples chains %s of %d", ranks.world, ranks.rank,
                  chain_blocks(state.chains, ranks.world)[ranks.rank], state.chains)
@@ -170,24 +173,14 @@ def _infer_locked(cfg: DictConfig, out: Path, root: str | Path, stages, ranks: R
     return summary
 
 
-def _to_cpu(tree):
-    if isinstance(tree, torch.Tensor):
-        return tree.cpu()
-    if isinstance(tree, dict):
-        return {k: _to_cpu(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_to_cpu(v) for v in tree]
-    return tree
-
-
-def _to_device(tree, device: torch.device):
-    """A state dict's tensors on `device`, but the generator states, which stay on the CPU."""
+def _tensors_to(tree, device: torch.device | str):
+    """A state dict's tensors on `device`, but the generator states (uint8), which stay on the CPU."""
     if isinstance(tree, torch.Tensor):
         return tree if tree.dtype == torch.uint8 else tree.to(device)
     if isinstance(tree, dict):
-        return {k: _to_device(v, device) for k, v in tree.items()}
+        return {k: _tensors_to(v, device) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [_to_device(v, device) for v in tree]
+        return [_tensors_to(v, device) for v in tree]
     return tree
 
 
